@@ -1,0 +1,429 @@
+"""Every exception the library raises.
+
+::
+
+    ApiEntrepriseError
+    ├── InvalidParameterError (also ValueError)   refused locally, nothing sent
+    │   ├── MissingParameterError
+    │   ├── InvalidSirenError
+    │   ├── InvalidSiretError
+    │   └── InvalidIdentifierError                RNA, EORI, year, month
+    ├── UnknownOperationError (also KeyError)
+    ├── MaintenanceWindowError                    refused locally during maintenance
+    ├── TokenExpiredError                         refused locally, token past its expiry
+    ├── ApiError                                  the server answered with an error
+    │   ├── ClientError                           4xx
+    │   │   ├── AuthenticationError               401 (00101 invalid, 00103 expired, 00105 blacklisted)
+    │   │   ├── AuthorizationError                403
+    │   │   ├── NotFoundError                     404
+    │   │   ├── ConflictError                     409
+    │   │   ├── ValidationError                   422
+    │   │   ├── RateLimitError                    429, or refused locally by the governor
+    │   │   └── UnavailableForLegalReasonsError   451
+    │   └── ServerError                           5xx
+    │       ├── ProviderError                     502
+    │       └── ProviderUnavailableError          503, 504
+    └── TransportError                            no usable answer (timeout, DNS, TLS, reset)
+        └── ServiceUnreachable                    circuit open after repeated silence
+
+``ApiError`` and ``TransportError`` carry the request's method and URL (the
+URL never holds the token: it travels in a header).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from ._response import RateLimit
+
+__all__ = [
+    "ApiEntrepriseError",
+    "ApiError",
+    "AuthenticationError",
+    "AuthorizationError",
+    "ClientError",
+    "ConflictError",
+    "ErrorItem",
+    "InvalidIdentifierError",
+    "InvalidParameterError",
+    "InvalidSirenError",
+    "InvalidSiretError",
+    "MaintenanceWindowError",
+    "MissingParameterError",
+    "NotFoundError",
+    "ProviderError",
+    "ProviderUnavailableError",
+    "RateLimitError",
+    "ServerError",
+    "ServiceUnreachable",
+    "TokenExpiredError",
+    "TransportError",
+    "UnavailableForLegalReasonsError",
+    "UnknownOperationError",
+    "ValidationError",
+    "error_from_response",
+]
+
+
+@attrs.frozen
+class ErrorItem:
+    """One item of a JSON:API ``errors`` array."""
+
+    code: str | None = None
+    title: str | None = None
+    detail: str | None = None
+    source: Mapping[str, Any] | None = None
+    meta: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_raw(cls, raw: Any) -> ErrorItem:
+        """Build an item from whatever the server sent, tolerating odd shapes."""
+        if not isinstance(raw, Mapping):
+            return cls(detail=str(raw))
+        source = raw.get("source")
+        meta = raw.get("meta")
+        code = raw.get("code")
+        return cls(
+            code=None if code is None else str(code),
+            title=_opt_str(raw.get("title")),
+            detail=_opt_str(raw.get("detail")),
+            source=source if isinstance(source, Mapping) else None,
+            meta=meta if isinstance(meta, Mapping) else {},
+        )
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class ApiEntrepriseError(Exception):
+    """Root of every exception raised by this library."""
+
+
+class InvalidParameterError(ApiEntrepriseError, ValueError):
+    """A parameter was refused locally; no request was sent.
+
+    Attributes:
+        parameter: the name of the offending parameter.
+    """
+
+    def __init__(self, parameter: str, message: str) -> None:
+        self.parameter = parameter
+        super().__init__(f"{parameter}: {message}")
+
+
+class MissingParameterError(InvalidParameterError):
+    """A required parameter (often ``recipient``, ``context`` or ``object``) is missing."""
+
+    def __init__(self, parameter: str) -> None:
+        super().__init__(parameter, "is required and was not given (nor set on the client)")
+
+
+class InvalidSirenError(InvalidParameterError):
+    """A SIREN is not 9 digits with a valid Luhn checksum."""
+
+
+class InvalidSiretError(InvalidParameterError):
+    """A SIRET is not 14 digits with a valid checksum (Luhn, or La Poste's rule)."""
+
+
+class InvalidIdentifierError(InvalidParameterError):
+    """An RNA, EORI, year, month or other identifier is malformed."""
+
+
+class UnknownOperationError(ApiEntrepriseError, KeyError):
+    """No operation of the catalogue has this id."""
+
+    def __init__(self, operation_id: str) -> None:
+        self.operation_id = operation_id
+        super().__init__(f"unknown operation id {operation_id!r}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class MaintenanceWindowError(ApiEntrepriseError):
+    """The operation is in its daily maintenance window; nothing was sent."""
+
+    def __init__(self, operation_id: str, ends_in: float) -> None:
+        self.operation_id = operation_id
+        self.ends_in = ends_in
+        super().__init__(
+            f"{operation_id} is in its maintenance window for another {ends_in:.0f} s"
+        )
+
+
+class TokenExpiredError(ApiEntrepriseError):
+    """The token's ``exp`` claim is in the past; it was not sent."""
+
+
+class ApiError(ApiEntrepriseError):
+    """The server answered, with an error status.
+
+    Attributes:
+        http_status: the HTTP status (``None`` when refused locally).
+        errors: the raw JSON:API ``errors`` list.
+        items: the same list as typed :class:`ErrorItem` records.
+        method, url: the request sent (the URL never contains the token).
+        operation_id: the catalogue operation, when known.
+        rate_limit: parsed ``RateLimit-*`` headers of the answer.
+        request_id: the server's ``X-Request-ID``, when sent.
+        headers: the answer's headers.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        errors: Sequence[Any] = (),
+        method: str = "GET",
+        url: str = "",
+        operation_id: str | None = None,
+        rate_limit: RateLimit | None = None,
+        request_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.http_status = http_status
+        self.errors: list[Any] = list(errors)
+        self.items = tuple(ErrorItem.from_raw(e) for e in self.errors)
+        self.method = method
+        self.url = url
+        self.operation_id = operation_id
+        self.rate_limit = rate_limit
+        self.request_id = request_id
+        self.headers: Mapping[str, str] = headers or {}
+        super().__init__(message)
+
+    @property
+    def _first(self) -> ErrorItem | None:
+        return self.items[0] if self.items else None
+
+    @property
+    def first_error_code(self) -> str | None:
+        """Code of the first error item (e.g. ``"00101"``)."""
+        return self._first.code if self._first else None
+
+    @property
+    def first_error_title(self) -> str | None:
+        """Title of the first error item."""
+        return self._first.title if self._first else None
+
+    @property
+    def first_error_detail(self) -> str | None:
+        """Detail of the first error item."""
+        return self._first.detail if self._first else None
+
+    @property
+    def first_error_source(self) -> Mapping[str, Any] | None:
+        """Source of the first error item (``{"parameter": ...}``)."""
+        return self._first.source if self._first else None
+
+    @property
+    def first_error_meta(self) -> Mapping[str, Any]:
+        """Meta of the first error item (``provider``, ``retry_in``)."""
+        return self._first.meta if self._first else {}
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """Every error code of the answer."""
+        return tuple(i.code for i in self.items if i.code)
+
+    @property
+    def provider(self) -> str | None:
+        """The upstream data provider blamed by the server, if any."""
+        for item in self.items:
+            provider = item.meta.get("provider")
+            if provider is not None:
+                return str(provider)
+        return None
+
+    @property
+    def retry_in(self) -> float | None:
+        """``meta.retry_in`` in seconds, when the server gave one."""
+        for item in self.items:
+            value = _number(item.meta.get("retry_in"))
+            if value is not None:
+                return max(0.0, value)
+        return None
+
+
+class ClientError(ApiError):
+    """A 4xx answer."""
+
+
+class AuthenticationError(ClientError):
+    """401: the token is invalid (00101), expired (00103) or blacklisted (00105).
+
+    Also raised without any request when the auth strategy itself fails.
+    """
+
+    @property
+    def reason(self) -> str:
+        """``invalid``, ``expired``, ``blacklisted`` or ``unknown``."""
+        return {"00101": "invalid", "00103": "expired", "00105": "blacklisted"}.get(
+            self.first_error_code or "", "unknown"
+        )
+
+
+class AuthorizationError(ClientError):
+    """403: the token may not use this endpoint."""
+
+
+class NotFoundError(ClientError):
+    """404: the entity is unknown to the provider."""
+
+
+class ConflictError(ClientError):
+    """409: an identical request is still being processed by the server."""
+
+
+class ValidationError(ClientError):
+    """422: the server refused a parameter."""
+
+
+class UnavailableForLegalReasonsError(ClientError):
+    """451: the entity is not diffusible."""
+
+
+class RateLimitError(ClientError):
+    """429 from the server, or a local refusal by the governor (``local`` true).
+
+    Attributes:
+        retry_after: seconds to wait before calling again, ``None`` when unknown.
+        local: true when the governor refused the call without sending it.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, local: bool = False, **kw: Any
+    ) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+        self.local = local
+
+
+class ServerError(ApiError):
+    """A 5xx answer."""
+
+
+class ProviderError(ServerError):
+    """502: the upstream provider failed."""
+
+
+class ProviderUnavailableError(ServerError):
+    """503 or 504: the upstream provider is down or too slow."""
+
+
+class TransportError(ApiEntrepriseError):
+    """No usable answer: timeout, DNS, TLS, dropped connection, or a body that is not JSON."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str = "GET",
+        url: str = "",
+        operation_id: str | None = None,
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.operation_id = operation_id
+        self.http_status: int | None = None
+        self.errors: list[Any] = []
+        super().__init__(message)
+
+
+class ServiceUnreachable(TransportError):
+    """The circuit is open: the server stopped answering (possibly a ban)."""
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {
+    401: AuthenticationError,
+    403: AuthorizationError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: ValidationError,
+    429: RateLimitError,
+    451: UnavailableForLegalReasonsError,
+    502: ProviderError,
+    503: ProviderUnavailableError,
+    504: ProviderUnavailableError,
+}
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def retry_after_seconds(
+    headers: Mapping[str, str], rate_limit: RateLimit | None, retry_in: float | None, now: float
+) -> float | None:
+    """Seconds to wait after a 429: ``Retry-After``, else ``RateLimit-Reset``, else ``retry_in``.
+
+    ``now`` is the wall-clock epoch. Never negative; ``None`` when nothing tells.
+    """
+    header = _number(headers.get("retry-after"))
+    if header is not None:
+        return max(0.0, header)
+    if rate_limit is not None:
+        return max(0.0, rate_limit.reset_epoch - now)
+    if retry_in is not None:
+        return max(0.0, retry_in)
+    return None
+
+
+def error_from_response(
+    status: int,
+    body: Any,
+    *,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    operation_id: str | None,
+    rate_limit: RateLimit | None,
+    request_id: str | None,
+    now: float,
+) -> ApiError:
+    """Map an error answer to its exception (the status decides, the code informs)."""
+    errors = body.get("errors") if isinstance(body, Mapping) else None
+    if not isinstance(errors, list):
+        errors = []
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        cls = ClientError if 400 <= status < 500 else ServerError
+    first = ErrorItem.from_raw(errors[0]) if errors else None
+    label = f"{first.code} {first.title}" if first and first.code else "no error details"
+    where = operation_id or url.split("?", 1)[0]
+    message = f"HTTP {status} from {where}: {label}"
+    if first and first.detail:
+        message += f" ({first.detail})"
+    common: dict[str, Any] = {
+        "http_status": status,
+        "errors": errors,
+        "method": method,
+        "url": url,
+        "operation_id": operation_id,
+        "rate_limit": rate_limit,
+        "request_id": request_id,
+        "headers": headers,
+    }
+    if cls is RateLimitError:
+        retry_in = None
+        for raw in errors:
+            item = ErrorItem.from_raw(raw)
+            retry_in = _number(item.meta.get("retry_in"))
+            if retry_in is not None:
+                break
+        wait = retry_after_seconds(headers, rate_limit, retry_in, now)
+        return RateLimitError(message, retry_after=wait, **common)
+    return cls(message, **common)
