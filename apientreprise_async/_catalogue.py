@@ -156,7 +156,7 @@ _PATTERNS: list[tuple[re.Pattern[str], Endpoint]] = []
 
 
 def _load() -> None:
-    from ._gen_catalogue import ENDPOINTS  # noqa: PLC0415  (generated module, loaded once)
+    from ._gen_catalogue import ENDPOINTS
 
     for endpoint in ENDPOINTS:
         _BY_ID[endpoint.operation_id] = endpoint
@@ -186,7 +186,7 @@ def get_endpoint(operation_id: str) -> Endpoint:
     try:
         return _BY_ID[operation_id]
     except KeyError:
-        from ._errors import UnknownOperationError  # noqa: PLC0415
+        from ._errors import UnknownOperationError
 
         raise UnknownOperationError(operation_id) from None
 

@@ -13,7 +13,7 @@
     ├── TokenExpiredError                         refused locally, token past its expiry
     ├── ApiError                                  the server answered with an error
     │   ├── ClientError                           4xx
-    │   │   ├── AuthenticationError               401 (00101 invalid, 00103 expired, 00105 blacklisted)
+    │   │   ├── AuthenticationError               401 (00101, 00103, 00105)
     │   │   ├── AuthorizationError                403
     │   │   ├── NotFoundError                     404
     │   │   ├── ConflictError                     409
@@ -152,9 +152,7 @@ class MaintenanceWindowError(ApiEntrepriseError):
     def __init__(self, operation_id: str, ends_in: float) -> None:
         self.operation_id = operation_id
         self.ends_in = ends_in
-        super().__init__(
-            f"{operation_id} is in its maintenance window for another {ends_in:.0f} s"
-        )
+        super().__init__(f"{operation_id} is in its maintenance window for another {ends_in:.0f} s")
 
 
 class TokenExpiredError(ApiEntrepriseError):

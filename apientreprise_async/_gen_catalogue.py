@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ._catalogue import Endpoint, IdKind, Maintenance, PathParam, QueryParam, TimeoutClass
+from ._catalogue import (
+    Endpoint,
+    IdKind,
+    Maintenance,
+    PathParam,
+    QueryParam,
+    TimeoutClass,
+)
 
 __all__ = ["ENDPOINTS"]
 

@@ -176,7 +176,9 @@ def validate_traceability(
     for name, value in (("recipient", recipient), ("context", context), ("object", object_)):
         if value is None or not str(value).strip():
             raise MissingParameterError(name)
-    assert recipient is not None and context is not None and object_ is not None
+    assert recipient is not None
+    assert context is not None
+    assert object_ is not None
     siret = validate_siret(recipient, "recipient")
     if len(object_) > OBJECT_MAX_LENGTH:
         raise InvalidParameterError(

@@ -67,7 +67,9 @@ def _entries(spec: dict[str, Any], throttle: dict[str, Any]) -> list[dict[str, A
         op = item["get"]
         op_id = _operation_id(path, op)
         segments = path.strip("/").split("/")
-        version = int(segments[0][1:]) if segments[0].startswith("v") and segments[0][1:].isdigit() else 0
+        version = (
+            int(segments[0][1:]) if segments[0].startswith("v") and segments[0][1:].isdigit() else 0
+        )
         provider = segments[1] if version else "api_entreprise"
         v3_twin = op_id.replace("_v4_", "_v3_")
         group, per_endpoint = groups.get(op_id) or groups.get(
@@ -90,7 +92,9 @@ def _entries(spec: dict[str, Any], throttle: dict[str, Any]) -> list[dict[str, A
             candidate = op_id.replace("_v3_", "_v4_")
             successor = candidate if candidate in ids and candidate != op_id else None
         maint = op.get("x-maintenances")
-        is_document = group in DOCUMENT_GROUPS or "document_url" in json.dumps(op["responses"]["200"])
+        is_document = group in DOCUMENT_GROUPS or "document_url" in json.dumps(
+            op["responses"]["200"]
+        )
         entries.append(
             {
                 "operation_id": op_id,
@@ -105,7 +109,7 @@ def _entries(spec: dict[str, Any], throttle: dict[str, Any]) -> list[dict[str, A
                 "deprecated": bool(op.get("deprecated")),
                 "successor": successor,
                 "maintenance": (maint["from_hour"], maint["to_hour"]) if maint else None,
-                "traceability": TRACEABILITY <= names,
+                "traceability": names >= TRACEABILITY,
                 "cache_control": "Cache-Control" in names,
                 "statuses": tuple(sorted(int(s) for s in op["responses"] if s.isdigit())),
             }
@@ -128,7 +132,9 @@ def render(entries: list[dict[str, Any]]) -> str:
         "",
         "import datetime as dt",
         "",
-        "from ._catalogue import Endpoint, IdKind, Maintenance, PathParam, QueryParam, TimeoutClass",
+        "from ._catalogue import (",
+        "    Endpoint, IdKind, Maintenance, PathParam, QueryParam, TimeoutClass,",
+        ")",
         "",
         '__all__ = ["ENDPOINTS"]',
         "",

@@ -1,0 +1,48 @@
+"""Shared fixtures: both anyio backends, tokens, the shared reference folder."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pathlib
+import time
+from typing import Any
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "api-entreprise"
+RECIPIENT = "13002526500013"
+
+
+def make_jwt(claims: dict[str, Any] | None = None, *, exp_in_days: float = 400) -> str:
+    """A JWT-shaped token with the given claims (unsigned: the client never verifies)."""
+    body = {"sub": "tests", "iat": int(time.time()), "exp": int(time.time() + exp_in_days * 86400)}
+    body.update(claims or {})
+
+    def part(obj: dict[str, Any]) -> str:
+        raw = json.dumps(obj).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(body)}.c2lnbmF0dXJlLXNlY3JldC1wYXJ0"
+
+
+TOKEN = make_jwt({"scopes": ["unites_legales_etablissements_insee"]})
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("asyncio", id="asyncio"),
+        pytest.param("trio", id="trio"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """Run every async test on asyncio and on trio."""
+    return request.param
+
+
+def shared_or_skip() -> pathlib.Path:
+    """The shared reference folder, or skip the test saying why."""
+    if not (SHARED / "openapi.yaml").exists():
+        pytest.skip(f"reference data absent: {SHARED} (clone beside ../shared to run this)")
+    return SHARED
