@@ -46,3 +46,13 @@ def shared_or_skip() -> pathlib.Path:
     if not (SHARED / "openapi.yaml").exists():
         pytest.skip(f"reference data absent: {SHARED} (clone beside ../shared to run this)")
     return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_governor() -> Any:
+    """Each test starts with a new process-wide governor (its clock belongs to one event loop)."""
+    from apientreprise_async import _client
+
+    _client._process_governor = None
+    yield
+    _client._process_governor = None
