@@ -103,6 +103,9 @@ def _opt_str(value: Any) -> str | None:
 class ApiEntrepriseError(Exception):
     """Root of every exception raised by this library."""
 
+    #: Failed attempts of a retried call, oldest first (empty when it was not retried).
+    attempts: tuple[Any, ...] = ()
+
 
 class InvalidParameterError(ApiEntrepriseError, ValueError):
     """A parameter was refused locally; no request was sent.

@@ -1,0 +1,80 @@
+"""Share one request between concurrent identical calls.
+
+The API answers 409 to a request identical to one it is still processing;
+sending it once and handing the result to every caller avoids that and
+spends one unit of quota instead of several. No background task is used: the
+first caller (the leader) does the work in its own task, the others wait on
+an event; if the leader is cancelled, one of the waiters takes over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+__all__ = ["Coalescer"]
+
+T = TypeVar("T")
+
+
+class _Flight:
+    __slots__ = ("done", "error", "followers", "result", "settled")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.settled = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.followers = 0
+
+
+class Coalescer(Generic[T]):
+    """Run at most one call per key at a time; concurrent callers share its outcome."""
+
+    def __init__(self) -> None:
+        self._flights: dict[Hashable, _Flight] = {}
+        self.shared = 0
+
+    def in_flight(self) -> int:
+        """Number of distinct requests currently running."""
+        return len(self._flights)
+
+    async def run(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """Run ``work`` or join the identical call in flight.
+
+        Returns the result and whether it was shared from another caller.
+        """
+        while True:
+            flight = self._flights.get(key)
+            if flight is None:
+                return await self._lead(key, work), False
+            flight.followers += 1
+            self.shared += 1
+            await flight.done.wait()
+            if flight.settled:
+                if flight.error is not None:
+                    raise flight.error
+                return flight.result, True
+            # The leader was cancelled before it finished: try again, maybe as leader.
+            self.shared -= 1
+
+    async def _lead(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
+        flight = _Flight()
+        self._flights[key] = flight
+        try:
+            result = await work()
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:
+            flight.error = exc
+            flight.settled = True
+            raise
+        else:
+            flight.result = result
+            flight.settled = True
+            return result
+        finally:
+            del self._flights[key]
+            flight.done.set()
