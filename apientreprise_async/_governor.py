@@ -1,4 +1,4 @@
-"""Admission control for every call (interface; the full governor replaces the internals).
+"""Admission control for every call: never banned, nearly all of the allowed throughput.
 
 The client uses it like this::
 
@@ -6,49 +6,796 @@ The client uses it like this::
         permit.sending()             # just before the request leaves
         response = await send()
         permit.observe(response.status_code, response.headers)
+
+Each call takes a slot in its token's bucket (a throttle group, or the
+operation itself) and one in the IP bucket, both at once. A slot is held from
+the grant; if the request leaves, it stays occupied until one period (plus the
+margin) after the answer. The server counts a call when it arrives, which is
+between our send and our answer, so however its windows are aligned (clock
+minutes, or opened by a first call) and however late a request lands, no
+window can see more than the limit: any window holding ``n`` arrivals has
+``n`` of our occupancy intervals overlapping at its end, and we never let
+``limit + 1`` overlap. Counting from the grant instead would miss requests
+that leave a loop turn later; a token bucket would let nearly twice the limit
+through one server window.
+
+Waiting is FIFO per bucket. Only the head of a queue is awake: it sleeps
+until the exact time its slot frees (or, while its bucket waits for an
+answer, until a release wakes it) and, once granted, sets the wake-up time of
+the next head. A head whose bucket is ready but whose IP bucket is full joins
+the IP queue, holding nothing meanwhile.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+import logging
+import math
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import NamedTuple
 
+import anyio
 import attrs
+from anyio.lowlevel import RunVar
 
-from ._catalogue import GROUP_LIMITS, Endpoint
+from ._catalogue import GROUP_LIMITS, IP_LIMIT, Endpoint
+from ._errors import RateLimitError, retry_after_seconds
+from ._response import parse_rate_limit
+from .backends import (
+    Blocked,
+    BucketState,
+    Feedback,
+    GovernorBackend,
+    Grant,
+    InMemoryBackend,
+    Learned,
+    SlotRequest,
+)
 
-__all__ = ["Governor", "Limits", "Permit"]
+__all__ = [
+    "BucketSnapshot",
+    "Counters",
+    "Governor",
+    "GovernorSnapshot",
+    "Limits",
+    "Permit",
+    "default_backend",
+    "default_governor",
+]
+
+_logger = logging.getLogger("apientreprise_async.governor")
+
+#: The key of the bucket every call of the process shares.
+IP_KEY = "ip"
+#: The longest pause a ``Retry-After`` can impose (a garbled header must not stop us for days).
+_MAX_PAUSE = 3600.0
+_INF = math.inf
+
+
+def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
 
 
 @attrs.frozen
 class Limits:
-    """Rate limits per token and per IP, per ``period`` seconds."""
+    """Rate limits per token and per IP, per ``period`` seconds.
+
+    Attributes:
+        groups: limit per throttle group (the server's configuration by default).
+        overrides: limit per operation id; such an operation gets a bucket of its own.
+        ip: calls per period from this process, all tokens together.
+        period: the length of the server's window; scale it (``1.0``) for demos and tests.
+        margin: fraction of ``period`` added to every slot's occupancy, to every
+            pause and to every ``RateLimit-Reset``: room for clock and network jitter.
+        slow_start: until a bucket's (then an operation's) first answer showed the
+            real limit, send one call and hold the others.
+
+    .. versionadded:: 0.1.0
+    """
 
     groups: Mapping[str, int] = attrs.field(factory=lambda: dict(GROUP_LIMITS))
     overrides: Mapping[str, int] = attrs.field(factory=dict)
-    ip: int = 1000
-    period: float = 60.0
+    ip: int = IP_LIMIT
+    period: float = attrs.field(default=60.0, validator=_positive)
+    margin: float = attrs.field(default=0.005)
+    slow_start: bool = True
+
+    @margin.validator
+    def _check_margin(self, _: attrs.Attribute[float], value: float) -> None:
+        if not 0 <= value < 1:
+            raise ValueError(f"margin must be a fraction of the period in [0, 1), got {value!r}")
+
+    @property
+    def hold(self) -> float:
+        """How long a sent call occupies its slot after its answer."""
+        return self.period * (1.0 + self.margin)
+
+    def bucket_for(self, endpoint: Endpoint) -> tuple[str, int]:
+        """The bucket name and configured limit for ``endpoint``."""
+        op = endpoint.operation_id
+        override = self.overrides.get(op)
+        if override is not None:
+            return op, override
+        limit = self.groups.get(endpoint.rate_group)
+        if limit is None:
+            # An unknown group: guess low, slow start will learn the real value.
+            limit = min(self.groups.values(), default=1)
+        return endpoint.bucket, limit
+
+
+@attrs.frozen
+class Counters:
+    """Totals since the governor was created.
+
+    Attributes:
+        grants: permits granted.
+        waits: permits that had to queue.
+        wait_time: seconds spent queuing, all permits together.
+        rate_limited: 429 answers observed.
+        rejections: calls refused locally because ``max_wait`` could not be met.
+        wakeups: times a queued call woke up (ideally one per queued grant).
+    """
+
+    grants: int = 0
+    waits: int = 0
+    wait_time: float = 0.0
+    rate_limited: int = 0
+    rejections: int = 0
+    wakeups: int = 0
+
+
+@attrs.frozen
+class BucketSnapshot:
+    """One bucket as the governor sees it.
+
+    Attributes:
+        limit: calls allowed per period (the server's value once it answered).
+        confirmed: whether an answer has shown that limit.
+        in_period: calls holding a slot: in flight, or answered less than a period ago.
+        in_flight: calls granted and not yet answered.
+        queued: calls of this governor waiting for the bucket.
+        next_free: when the next call could be granted (``None``: after an answer).
+        paused_until: end of a pause after a 429 (``-inf``: none).
+        cap_remaining: what the server's ``RateLimit-Remaining`` still allows, if in force.
+    """
+
+    key: str
+    limit: int
+    confirmed: bool
+    in_period: int
+    in_flight: int
+    queued: int
+    next_free: float | None
+    paused_until: float
+    cap_remaining: int | None
+
+    @classmethod
+    def _of(cls, state: BucketState, queued: int) -> BucketSnapshot:
+        return cls(
+            key=state.key,
+            limit=state.limit,
+            confirmed=state.confirmed,
+            in_period=state.occupied,
+            in_flight=state.open,
+            queued=queued,
+            next_free=state.next_free,
+            paused_until=state.paused_until,
+            cap_remaining=state.cap_remaining,
+        )
+
+
+@attrs.frozen
+class GovernorSnapshot:
+    """Every bucket and the counters, at ``now`` (the anyio clock)."""
+
+    now: float
+    buckets: Mapping[str, BucketSnapshot]
+    counters: Counters
+
+
+class _Route(NamedTuple):
+    """Where the calls of one (token, operation) go."""
+
+    requests: tuple[SlotRequest, SlotRequest]
+    configured: int
+
+
+class _Entry:
+    """A waiter's place in one queue; dead entries are skipped, not searched for."""
+
+    __slots__ = ("alive", "waiter")
+
+    def __init__(self, waiter: _Waiter) -> None:
+        self.waiter = waiter
+        self.alive = True
+
+
+class _Queue:
+    """FIFO of waiters for one bucket."""
+
+    __slots__ = ("entries", "size")
+
+    def __init__(self) -> None:
+        self.entries: deque[_Entry] = deque()
+        self.size = 0
+
+    def push(self, waiter: _Waiter) -> _Entry:
+        entry = _Entry(waiter)
+        self.entries.append(entry)
+        self.size += 1
+        return entry
+
+    def head(self) -> _Waiter | None:
+        entries = self.entries
+        while entries and not entries[0].alive:
+            entries.popleft()
+        return entries[0].waiter if entries else None
+
+    def remove(self, entry: _Entry) -> None:
+        if entry.alive:
+            entry.alive = False
+            self.size -= 1
+            self.head()  # drop dead entries at the front now, so memory follows the size
+
+
+class _Waiter:
+    """One queued call."""
+
+    __slots__ = ("bucket_entry", "ip_entry", "kicked", "route", "scope")
+
+    def __init__(self, route: _Route) -> None:
+        self.route = route
+        self.scope: anyio.CancelScope | None = None
+        self.kicked = _INF
+        self.bucket_entry: _Entry | None = None
+        self.ip_entry: _Entry | None = None
+
+    def wake_at(self, when: float) -> None:
+        """Make the waiter wake no later than ``when``."""
+        scope = self.scope
+        if scope is None:
+            # Not asleep (between two awaits): it reads this before sleeping again.
+            self.kicked = min(self.kicked, when)
+        elif when < scope.deadline:
+            scope.deadline = when
+
+    def asleep_on_release(self) -> bool:
+        """Asleep with no wake-up time: only a release can move it."""
+        return self.scope is not None and self.scope.deadline == _INF
+
+
+# Governors sharing a backend share its queues, so a release by one wakes the other's waiters.
+_QUEUES: weakref.WeakKeyDictionary[GovernorBackend, dict[str, _Queue]] = weakref.WeakKeyDictionary()
+_DEFAULT_BACKEND: RunVar[InMemoryBackend] = RunVar("apientreprise_async.default_backend")
+_DEFAULT_GOVERNOR: RunVar[Governor] = RunVar("apientreprise_async.default_governor")
+
+
+def default_backend() -> InMemoryBackend:
+    """The event loop's shared in-memory backend (one IP bucket for the whole process).
+
+    It is per event loop because a loop's clock means nothing to another one;
+    a process normally runs a single loop.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        return _DEFAULT_BACKEND.get()
+    except LookupError:
+        backend = InMemoryBackend()
+        _DEFAULT_BACKEND.set(backend)
+        return backend
+
+
+def default_governor() -> Governor:
+    """The governor every client uses unless given one (must run inside the event loop).
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        return _DEFAULT_GOVERNOR.get()
+    except LookupError:
+        governor = Governor()
+        _DEFAULT_GOVERNOR.set(governor)
+        return governor
+
+
+def _lower(headers: Mapping[str, str]) -> Mapping[str, str]:
+    # httpx.Headers is case-insensitive already; a plain dict from a test or a hook is not.
+    if isinstance(headers, dict):
+        return {key.lower(): value for key, value in headers.items()}
+    return headers
+
+
+def _retry_after(headers: Mapping[str, str], wall_now: float) -> float | None:
+    rate_limit = parse_rate_limit(headers)
+    seconds = retry_after_seconds(headers, rate_limit, None, wall_now)
+    if seconds is None and rate_limit is None:
+        value = headers.get("retry-after")
+        if value:
+            try:
+                seconds = max(0.0, parsedate_to_datetime(value).timestamp() - wall_now)
+            except (TypeError, ValueError, IndexError, OverflowError):
+                seconds = None
+    return seconds
 
 
 class Permit:
-    """One admitted call."""
+    """One admitted call: an async context manager from :meth:`Governor.permit`.
+
+    Leaving the context before :meth:`sending` frees the slots untouched;
+    leaving after it keeps them occupied for a period after the answer.
+    """
+
+    __slots__ = (
+        "_answered",
+        "_endpoint",
+        "_feedback",
+        "_governor",
+        "_grant",
+        "_max_wait",
+        "_sent",
+        "_token",
+    )
+
+    def __init__(
+        self, governor: Governor, token: str, endpoint: Endpoint, max_wait: float | None
+    ) -> None:
+        self._governor = governor
+        self._token = token
+        self._endpoint = endpoint
+        self._max_wait = max_wait
+        self._grant: Grant | None = None
+        self._sent = False
+        self._answered: float | None = None
+        self._feedback: Feedback | None = None
+
+    def __repr__(self) -> str:
+        state = "sent" if self._sent else "granted" if self._grant else "idle"
+        return f"<Permit {self._endpoint.operation_id} {state}>"
+
+    async def __aenter__(self) -> Permit:
+        self._grant = await self._governor._admit(self._token, self._endpoint, self._max_wait)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        grant = self._grant
+        if grant is not None:
+            self._grant = None
+            await self._governor._finish(self, grant)
+
+    @property
+    def operation_id(self) -> str:
+        """The operation this permit admits."""
+        return self._endpoint.operation_id
 
     def sending(self) -> None:
-        """Mark the moment the request leaves."""
+        """Mark the moment the request leaves: from now on the call counts.
+
+        Raises:
+            RateLimitError: a 429 paused the bucket since the grant (``local`` is
+                true); leave the context, the slot is freed.
+        """
+        grant = self._grant
+        if grant is None:
+            raise RuntimeError("Permit.sending() called outside its context")
+        if self._sent:
+            return
+        backend = self._governor._get_backend()
+        for request in grant.requests:
+            paused = backend.paused_until(request.key)
+            if paused != -_INF:
+                now = anyio.current_time()
+                if paused > now:
+                    self._governor._rejections += 1
+                    raise RateLimitError(
+                        f"{self.operation_id}: bucket {request.key} paused after a 429",
+                        retry_after=paused - now,
+                        local=True,
+                        operation_id=self.operation_id,
+                    )
+        self._sent = True
 
     def observe(self, status: int, headers: Mapping[str, str]) -> None:
-        """Learn from the answer's status and headers."""
+        """Learn from the answer: ``RateLimit-*`` headers, and a 429's ``Retry-After``.
+
+        Malformed headers are ignored. Feedback takes effect when the context
+        exits; a 429's pause takes effect at once.
+        """
+        governor = self._governor
+        now = anyio.current_time()
+        self._answered = now
+        headers = _lower(headers)
+        rate_limit = parse_rate_limit(headers)
+        wall_now: float | None = None
+        if rate_limit is not None:
+            wall_now = governor._wall_clock()
+            reset = rate_limit.reset_epoch
+            # The API sends an epoch; a small number can only be delta-seconds (the RFC draft).
+            in_seconds = reset - wall_now if reset > 1e9 else reset
+            limits = governor.limits
+            in_seconds = min(in_seconds, limits.period)
+            self._feedback = Feedback(
+                rate_limit.limit,
+                rate_limit.remaining,
+                now + in_seconds + limits.period * limits.margin,
+            )
+        if status == 429:
+            governor._rate_limited += 1
+            if wall_now is None:
+                wall_now = governor._wall_clock()
+            seconds = _retry_after(headers, wall_now)
+            limits = governor.limits
+            if seconds is None:
+                seconds = limits.period
+            pause = min(seconds, _MAX_PAUSE) + limits.period * limits.margin
+            grant = self._grant
+            if grant is not None:
+                governor._get_backend().pause(grant.requests[0].key, now + pause)
 
 
 class Governor:
-    """Keeps every token and the whole process under the API's limits."""
+    """Keeps every token and the whole process under the API's limits.
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    Args:
+        limits: the limits to respect (:class:`Limits` defaults).
+        backend: where buckets live; by default the event loop's shared
+            :func:`default_backend`, so every governor of the process shares
+            the IP bucket (and the buckets of a token it also uses). Pass an
+            :class:`~apientreprise_async.backends.InMemoryBackend` of its own
+            to keep a governor apart.
+        wall_clock: epoch seconds, used only to read ``RateLimit-Reset`` and
+            HTTP dates in ``Retry-After``.
+
+    A governor belongs to the event loop that first uses it.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        *,
+        backend: GovernorBackend | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.limits = limits or Limits()
+        self._backend = backend
+        self._queues: dict[str, _Queue] = {} if backend is None else _queues_for(backend)
+        self._wall_clock = wall_clock
+        self._routes: dict[tuple[str, str], _Route] = {}
+        self._logged: set[str] = set()
+        self._grants = 0
+        self._waits = 0
+        self._wait_time = 0.0
+        self._rate_limited = 0
+        self._rejections = 0
+        self._wakeups = 0
 
-    @asynccontextmanager
-    async def permit(
-        self, token: str, endpoint: Endpoint, *, max_wait: float | None = None
-    ) -> AsyncIterator[Permit]:
-        """Wait for a slot for ``endpoint`` under ``token``'s buckets and the IP bucket."""
-        yield Permit()
+    def __repr__(self) -> str:
+        queued = sum(q.size for q in self._queues.values())
+        wakes = [
+            w.scope.deadline
+            for q in self._queues.values()
+            if (w := q.head()) is not None and w.scope is not None
+        ]
+        next_wake = f"{min(wakes):.3f}" if wakes and min(wakes) != _INF else "none"
+        return (
+            f"<Governor period={self.limits.period:g}s routes={len(self._routes)} "
+            f"queued={queued} next_wakeup={next_wake} grants={self._grants} "
+            f"429s={self._rate_limited}>"
+        )
+
+    def permit(self, token: str, endpoint: Endpoint, *, max_wait: float | None = None) -> Permit:
+        """Wait for a slot for ``endpoint`` in ``token``'s bucket and in the IP bucket.
+
+        Args:
+            token: the token's fingerprint (never the token itself).
+            endpoint: the catalogue entry of the call.
+            max_wait: longest acceptable wait in seconds; ``None`` waits as long as needed.
+
+        Raises:
+            RateLimitError: (on entering) the slot would come later than
+                ``max_wait``; ``retry_after`` says when it should be free.
+        """
+        return Permit(self, token, endpoint, max_wait)
+
+    @property
+    def counters(self) -> Counters:
+        """Totals since creation."""
+        return Counters(
+            grants=self._grants,
+            waits=self._waits,
+            wait_time=self._wait_time,
+            rate_limited=self._rate_limited,
+            rejections=self._rejections,
+            wakeups=self._wakeups,
+        )
+
+    def snapshot(self) -> GovernorSnapshot:
+        """Per bucket: limit, calls in the current period, queue length, next free time."""
+        backend = self._get_backend()
+        buckets = {
+            key: BucketSnapshot._of(state, self._queued(key))
+            for key, state in backend.snapshot().items()
+        }
+        return GovernorSnapshot(anyio.current_time(), buckets, self.counters)
+
+    def _queued(self, key: str) -> int:
+        queue = self._queues.get(key)
+        return 0 if queue is None else queue.size
+
+    def _get_backend(self) -> GovernorBackend:
+        backend = self._backend
+        if backend is None:
+            backend = self._backend = default_backend()
+            self._queues = _queues_for(backend)
+        return backend
+
+    def _route(self, token: str, endpoint: Endpoint) -> _Route:
+        route = self._routes.get((token, endpoint.operation_id))
+        if route is None:
+            limits = self.limits
+            name, limit = limits.bucket_for(endpoint)
+            bucket = SlotRequest(f"{token}/{name}", limit, endpoint.operation_id, limits.slow_start)
+            route = _Route((bucket, SlotRequest(IP_KEY, limits.ip)), limit)
+            self._routes[(token, endpoint.operation_id)] = route
+        return route
+
+    def _queue(self, key: str) -> _Queue:
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _Queue()
+        return queue
+
+    async def _admit(self, token: str, endpoint: Endpoint, max_wait: float | None) -> Grant:
+        backend = self._get_backend()
+        route = self._route(token, endpoint)
+        requests = route.requests
+        queues = self._queues
+        bucket_queue = queues.get(requests[0].key)
+        ip_queue = queues.get(IP_KEY)
+        if (bucket_queue is None or not bucket_queue.size) and (
+            ip_queue is None or not ip_queue.size
+        ):
+            result = await backend.acquire(requests)
+            if type(result) is Grant:
+                self._grants += 1
+                return result
+        if max_wait is not None:
+            await self._check_deadline(backend, route, endpoint, max_wait)
+        return await self._wait(backend, token, endpoint, route, max_wait)
+
+    async def _check_deadline(
+        self, backend: GovernorBackend, route: _Route, endpoint: Endpoint, max_wait: float
+    ) -> None:
+        """Refuse at once a call whose slot would come after ``max_wait``."""
+        now = anyio.current_time()
+        when = await self._eta(backend, route)
+        if when - now > max_wait:
+            self._rejections += 1
+            raise RateLimitError(
+                f"{endpoint.operation_id}: no slot before {when - now:.3f} s "
+                f"(max_wait={max_wait:g} s)",
+                retry_after=when - now,
+                local=True,
+                operation_id=endpoint.operation_id,
+            )
+
+    async def _eta(self, backend: GovernorBackend, route: _Route) -> float:
+        bucket_request, ip_request = route.requests
+        hold = self.limits.hold
+        bucket_queue = self._queues.get(bucket_request.key)
+        ip_queue = self._queues.get(IP_KEY)
+        ahead = 0 if bucket_queue is None else bucket_queue.size
+        ip_ahead = 0 if ip_queue is None else ip_queue.size
+        return max(
+            await backend.estimate(bucket_request, ahead, hold),
+            await backend.estimate(ip_request, ip_ahead, hold),
+        )
+
+    async def _wait(
+        self,
+        backend: GovernorBackend,
+        token: str,
+        endpoint: Endpoint,
+        route: _Route,
+        max_wait: float | None,
+    ) -> Grant:
+        start = anyio.current_time()
+        deadline = None if max_wait is None else start + max_wait
+        waiter = _Waiter(route)
+        bucket_queue = self._queue(route.requests[0].key)
+        ip_queue = self._queue(IP_KEY)
+        waiter.bucket_entry = bucket_queue.push(waiter)
+        self._waits += 1
+        granted = False
+        try:
+            while True:
+                if bucket_queue.head() is not waiter:
+                    await self._sleep(waiter, _INF, deadline, endpoint)
+                    continue
+                current = self._route(token, endpoint)
+                if current is not waiter.route:
+                    # The server showed that this operation has a bucket of its own.
+                    self._leave(waiter, bucket_queue, ip_queue)
+                    await self._schedule_head(backend, bucket_queue)
+                    waiter.route = current
+                    bucket_queue = self._queue(current.requests[0].key)
+                    waiter.bucket_entry = bucket_queue.push(waiter)
+                    continue
+                result = await backend.acquire(waiter.route.requests)
+                if type(result) is Grant:
+                    granted = True
+                    self._grants += 1
+                    self._wait_time += anyio.current_time() - start
+                    was_ip = waiter.ip_entry is not None
+                    self._leave(waiter, bucket_queue, ip_queue)
+                    await self._schedule_head(backend, bucket_queue)
+                    if was_ip:
+                        await self._schedule_head(backend, ip_queue)
+                    return result
+                assert isinstance(result, Blocked)
+                bucket_ready, ip_ready = result.ready
+                now = anyio.current_time()
+                if bucket_ready is None or bucket_ready > now:
+                    if waiter.ip_entry is not None:
+                        ip_queue.remove(waiter.ip_entry)
+                        waiter.ip_entry = None
+                        await self._schedule_head(backend, ip_queue)
+                    await self._sleep(waiter, bucket_ready, deadline, endpoint)
+                else:
+                    if waiter.ip_entry is None:
+                        waiter.ip_entry = ip_queue.push(waiter)
+                    first = ip_queue.head() is waiter
+                    await self._sleep(waiter, ip_ready if first else _INF, deadline, endpoint)
+        finally:
+            if not granted:
+                # Cancelled or refused: leave without a trace, and pass the turn on.
+                self._leave(waiter, bucket_queue, ip_queue)
+                self._kick(bucket_queue)
+                self._kick(ip_queue)
+
+    @staticmethod
+    def _leave(waiter: _Waiter, bucket_queue: _Queue, ip_queue: _Queue) -> None:
+        if waiter.bucket_entry is not None:
+            bucket_queue.remove(waiter.bucket_entry)
+            waiter.bucket_entry = None
+        if waiter.ip_entry is not None:
+            ip_queue.remove(waiter.ip_entry)
+            waiter.ip_entry = None
+
+    async def _schedule_head(self, backend: GovernorBackend, queue: _Queue) -> None:
+        """Give the new head of ``queue`` its exact wake-up time (one wake-up, not a herd)."""
+        head = queue.head()
+        if head is None:
+            return
+        bucket_ready, ip_ready = await backend.ready(head.route.requests)
+        queued_for_ip = head.ip_entry is not None
+        if bucket_ready is None:
+            # Its bucket waits for an answer: a release wakes it (or it steps out of the IP queue).
+            when = -_INF if queued_for_ip else _INF
+        elif bucket_ready > anyio.current_time():
+            when = -_INF if queued_for_ip else bucket_ready
+        elif ip_ready is None:
+            when = _INF if queued_for_ip else -_INF
+        else:
+            when = ip_ready
+        if when != _INF:
+            head.wake_at(when)
+
+    @staticmethod
+    def _kick(queue: _Queue) -> None:
+        head = queue.head()
+        if head is not None:
+            head.wake_at(-_INF)
+
+    async def _sleep(
+        self, waiter: _Waiter, until: float | None, deadline: float | None, endpoint: Endpoint
+    ) -> None:
+        when = _INF if until is None else until
+        if deadline is not None and when >= deadline:
+            now = anyio.current_time()
+            if now >= deadline:
+                self._rejections += 1
+                eta = await self._eta(self._get_backend(), waiter.route)
+                raise RateLimitError(
+                    f"{endpoint.operation_id}: no slot within max_wait",
+                    retry_after=max(eta, when if when != _INF else eta) - now,
+                    local=True,
+                    operation_id=endpoint.operation_id,
+                )
+            when = deadline
+        if waiter.kicked != _INF:
+            when = min(when, waiter.kicked)
+            waiter.kicked = _INF
+        with anyio.CancelScope(deadline=when) as scope:
+            waiter.scope = scope
+            try:
+                await anyio.sleep_forever()
+            finally:
+                waiter.scope = None
+        self._wakeups += 1
+
+    async def _finish(self, permit: Permit, grant: Grant) -> None:
+        """Release ``permit``'s slots, apply what its answer taught, wake whom it concerns."""
+        backend = self._get_backend()
+        if permit._sent:
+            answered = permit._answered
+            end: float | None = (
+                answered if answered is not None else anyio.current_time()
+            ) + self.limits.hold
+        else:
+            end = None
+        feedback = permit._feedback
+        learned = await backend.release(grant, end=end, feedback=feedback)
+        if learned is not None and learned is not Learned.SAME and feedback is not None:
+            await self._learned(backend, permit, grant, learned, feedback)
+        queues = self._queues
+        if queues:
+            for request in grant.requests:
+                queue = queues.get(request.key)
+                if queue is not None and queue.size:
+                    head = queue.head()
+                    # A freed slot or a new limit helps now; a new occupancy end only
+                    # helps a head that had no wake-up time at all.
+                    if head is not None and (
+                        end is None
+                        or (learned is not None and learned is not Learned.SAME)
+                        or head.asleep_on_release()
+                    ):
+                        head.wake_at(-_INF)
+
+    async def _learned(
+        self,
+        backend: GovernorBackend,
+        permit: Permit,
+        grant: Grant,
+        learned: Learned,
+        feedback: Feedback,
+    ) -> None:
+        request = grant.requests[0]
+        route = self._routes.get((permit._token, permit.operation_id))
+        if learned is Learned.ADOPTED:
+            if request.key not in self._logged:
+                self._logged.add(request.key)
+                _logger.warning(
+                    "bucket %s: the server's limit %d replaces the configured %d",
+                    request.key,
+                    feedback.limit,
+                    request.limit,
+                )
+            return
+        # FOREIGN: this operation's server bucket is not the one we guessed.
+        key = f"{request.key.split('@', 1)[0]}@{feedback.limit}"
+        moved = SlotRequest(key, feedback.limit, request.op, request.probe)
+        await backend.seed(moved, feedback)
+        if route is not None:
+            self._routes[(permit._token, permit.operation_id)] = _Route(
+                (moved, route.requests[1]), route.configured
+            )
+        if key not in self._logged:
+            self._logged.add(key)
+            _logger.warning(
+                "operation %s shows a limit of %d, unlike the rest of %s: moved to bucket %s",
+                permit.operation_id,
+                feedback.limit,
+                request.key,
+                key,
+            )
+
+
+def _queues_for(backend: GovernorBackend) -> dict[str, _Queue]:
+    queues = _QUEUES.get(backend)
+    if queues is None:
+        queues = _QUEUES[backend] = {}
+    return queues

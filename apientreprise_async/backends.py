@@ -1,0 +1,428 @@
+"""Where the governor keeps its buckets: the :class:`GovernorBackend` protocol.
+
+A bucket is a key (``"ip"``, ``"<token fingerprint>/<group or operation>"``)
+with a limit and the occupancy of its slots. The governor decides *who* may
+ask (FIFO queues, deadlines, wake-ups); the backend decides *whether* a slot
+is free, atomically across the keys of one call. :class:`InMemoryBackend`
+keeps everything in this process; a shared backend (Redis) implements the same
+methods with the same meaning so that many processes share one quota.
+
+The occupancy model, which every backend must follow:
+
+- a slot is taken at the grant and stays *open* while the request may still
+  reach the server; an open slot blocks the bucket with no known end;
+- a slot released without sending is simply freed;
+- a slot whose request was sent stays occupied until the ``end`` the governor
+  gives (the answer time plus one period plus the margin), so that however the
+  server aligns its windows and however late the request lands, no window sees
+  more than ``limit`` calls;
+- the server's ``RateLimit-Remaining`` caps the grants until its reset, and a
+  pause (after a 429) blocks the bucket until its end.
+
+All times are values of the governor's anyio clock (``anyio.current_time``).
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from bisect import bisect_right, insort
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import anyio
+import attrs
+
+__all__ = [
+    "Blocked",
+    "BucketState",
+    "Feedback",
+    "GovernorBackend",
+    "Grant",
+    "InMemoryBackend",
+    "Learned",
+    "SlotRequest",
+]
+
+
+class SlotRequest(NamedTuple):
+    """One bucket a call needs a slot in.
+
+    Attributes:
+        key: the bucket's name.
+        limit: the configured limit, used until the server tells otherwise.
+        op: the operation id the call is for (``None`` for the IP bucket).
+        probe: slow start applies: until the bucket, then the operation,
+            has had an answer showing its real limit, one call at a time.
+    """
+
+    key: str
+    limit: int
+    op: str | None = None
+    probe: bool = False
+
+
+class Grant(NamedTuple):
+    """Slots taken for one call, one per request, all or none.
+
+    ``marks`` let feedback find, per bucket, the calls that may reach the
+    server after this one: those open at its grant and those granted since.
+    """
+
+    requests: tuple[SlotRequest, ...]
+    probing: tuple[bool, ...]
+    marks: tuple[int, ...]
+
+
+class Blocked(NamedTuple):
+    """No grant; per request, the earliest time it could be granted.
+
+    ``None`` means that the bucket waits for a call in flight to end (its
+    occupancy is not known yet), so only a release can tell.
+    """
+
+    ready: tuple[float | None, ...]
+
+
+class Feedback(NamedTuple):
+    """What one answer's ``RateLimit-*`` headers said, on the governor's clock."""
+
+    limit: int
+    remaining: int
+    reset_at: float
+
+
+class Learned(enum.Enum):
+    """How a bucket took an answer's feedback."""
+
+    SAME = "same"
+    """The limit was the one in force."""
+    ADOPTED = "adopted"
+    """The bucket took the server's limit in place of its configured one."""
+    FOREIGN = "foreign"
+    """The bucket's limit was already shown by other operations and this one
+    shows another: the operation belongs to another server bucket."""
+
+
+@attrs.frozen
+class BucketState:
+    """A read-only view of one bucket, for snapshots."""
+
+    key: str
+    limit: int
+    confirmed: bool
+    open: int
+    occupied: int
+    next_free: float | None
+    paused_until: float
+    cap_remaining: int | None
+    cap_until: float
+
+
+@runtime_checkable
+class GovernorBackend(Protocol):
+    """The state the governor needs, updated atomically per call.
+
+    Coroutines may do I/O (a shared store); :meth:`pause` and
+    :meth:`paused_until` are synchronous because a 429 must stop this process
+    at once: a shared backend records the pause locally there and publishes it
+    on its next coroutine.
+    """
+
+    async def acquire(self, requests: Sequence[SlotRequest]) -> Grant | Blocked:
+        """Take one slot in every bucket of ``requests`` if all are free now, else none."""
+        ...
+
+    async def ready(self, requests: Sequence[SlotRequest]) -> tuple[float | None, ...]:
+        """Earliest grant time per request, without taking anything."""
+        ...
+
+    async def release(
+        self, grant: Grant, *, end: float | None, feedback: Feedback | None = None
+    ) -> Learned | None:
+        """Give the slots of ``grant`` back.
+
+        Args:
+            grant: what :meth:`acquire` returned.
+            end: ``None`` if the request never left (the slots are freed);
+                otherwise the time until which the slots stay occupied.
+            feedback: the answer's headers, applied to the first request's
+                bucket before its slot is released.
+
+        Returns:
+            How the feedback was taken (``None`` without feedback).
+        """
+        ...
+
+    async def seed(self, request: SlotRequest, feedback: Feedback) -> None:
+        """Create (or correct) a bucket whose real limit is already known."""
+        ...
+
+    def pause(self, key: str, until: float) -> None:
+        """Grant nothing in ``key`` before ``until``."""
+        ...
+
+    def paused_until(self, key: str) -> float:
+        """End of ``key``'s pause (``-inf`` when none)."""
+        ...
+
+    async def estimate(self, request: SlotRequest, position: int, hold: float) -> float:
+        """When a call with ``position`` calls queued ahead of it would get a slot.
+
+        Calls in flight are assumed to end now (each then holds its slot for
+        ``hold``), so the estimate is a lower bound.
+        """
+        ...
+
+    def snapshot(self) -> Mapping[str, BucketState]:
+        """What this process knows of every bucket."""
+        ...
+
+
+class _Bucket:
+    """One bucket's state in memory.
+
+    ``ends`` is sorted: occupancy ends of calls already answered. Answers come
+    back roughly in order, so ``insort`` appends in practice.
+    """
+
+    __slots__ = (
+        "cap_left",
+        "cap_until",
+        "confirmed",
+        "ends",
+        "granted",
+        "known",
+        "limit",
+        "open",
+        "paused",
+        "probing",
+    )
+
+    def __init__(self, limit: int, *, confirmed: bool) -> None:
+        self.limit = limit
+        self.confirmed = confirmed
+        self.open = 0
+        self.granted = 0
+        self.ends: list[float] = []
+        self.known: set[str] = set()
+        self.probing: set[str] = set()
+        self.cap_left = 0
+        self.cap_until = -math.inf
+        self.paused = -math.inf
+
+    def quick(self, request: SlotRequest) -> bool:
+        """Free without looking at the clock: the common uncontended case."""
+        if request.probe and (not self.confirmed or request.op not in self.known):
+            return False
+        return (
+            self.open + len(self.ends) < self.limit
+            and self.paused == -math.inf
+            and self.cap_until == -math.inf
+        )
+
+    def ready(self, now: float, request: SlotRequest) -> float | None:
+        """Earliest time a slot frees for ``request`` (``None``: waits for a release)."""
+        op = request.op
+        if request.probe and op is not None:
+            if not self.confirmed:
+                if self.open:
+                    return None
+            elif op not in self.known and op in self.probing:
+                return None
+        free = self.limit - self.open
+        if free <= 0:
+            return None
+        ends = self.ends
+        if ends and ends[0] <= now:
+            del ends[: bisect_right(ends, now)]
+        # A new call fits once at most free-1 ended slots still overlap it.
+        extra = len(ends) - (free - 1)
+        when = ends[extra - 1] if extra > 0 else now
+        if self.cap_until > now:
+            if self.cap_left <= 0:
+                when = max(when, self.cap_until)
+        elif self.cap_until != -math.inf:
+            self.cap_until = -math.inf
+        if self.paused > when:
+            when = self.paused
+        elif self.paused != -math.inf and self.paused <= now:
+            self.paused = -math.inf
+        return when
+
+    def take(self, request: SlotRequest, now: float | None) -> tuple[bool, int]:
+        """Occupy one slot; tell whether the call probes its operation, and its mark."""
+        mark = self.granted - self.open
+        self.open += 1
+        self.granted += 1
+        if now is not None and self.cap_until > now:
+            self.cap_left -= 1
+        op = request.op
+        if request.probe and op is not None and op not in self.known:
+            self.probing.add(op)
+            return True, mark
+        return False, mark
+
+    def learn(self, request: SlotRequest, feedback: Feedback, now: float, mark: int) -> Learned:
+        """Take an answer's headers into account (this call's slot still open)."""
+        op = request.op
+        outcome = Learned.SAME
+        if op is not None and feedback.limit != self.limit:
+            if self.confirmed and op not in self.known and self.known:
+                return Learned.FOREIGN
+            self.limit = max(feedback.limit, 0)
+            outcome = Learned.ADOPTED
+        self.confirmed = True
+        if op is not None:
+            self.known.add(op)
+            self.probing.discard(op)
+        # Calls open at this one's grant, or granted since, may reach the server after it.
+        self.cap(feedback, now, others=self.granted - 1 - mark)
+        return outcome
+
+    def cap(self, feedback: Feedback, now: float, *, others: int) -> None:
+        """Apply ``Remaining`` as a cap until the reset.
+
+        ``others`` calls may reach the server after the answered one: assume
+        none of them was counted yet (subtract them), which can only be stricter.
+        """
+        if feedback.reset_at <= now:
+            return
+        left = feedback.remaining - others
+        if self.cap_until > now and abs(feedback.reset_at - self.cap_until) < 0.5 * (
+            feedback.reset_at - now
+        ):
+            # Same server window. Each answer gives a sound bound on its own, so the
+            # loosest one is safe; keeping the lowest would pile up their slack.
+            self.cap_left = max(self.cap_left, left)
+        elif feedback.reset_at > self.cap_until:
+            self.cap_until = feedback.reset_at
+            self.cap_left = left
+
+    def view(self, key: str, now: float) -> BucketState:
+        """Freeze the state for a snapshot."""
+        next_free = self.ready(now, SlotRequest(key, self.limit))
+        capped = self.cap_until > now
+        return BucketState(
+            key=key,
+            limit=self.limit,
+            confirmed=self.confirmed,
+            open=self.open,
+            occupied=self.open + len(self.ends),
+            next_free=next_free,
+            paused_until=self.paused,
+            cap_remaining=self.cap_left if capped else None,
+            cap_until=self.cap_until if capped else -math.inf,
+        )
+
+
+class InMemoryBackend:
+    """Buckets held in this process (the default).
+
+    Every :class:`~apientreprise_async.Governor` built without a backend
+    shares the event loop's default one, hence one IP bucket per process.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, _Bucket] = {}
+
+    def __repr__(self) -> str:
+        return f"<InMemoryBackend buckets={len(self._buckets)}>"
+
+    def _bucket(self, request: SlotRequest) -> _Bucket:
+        bucket = self._buckets.get(request.key)
+        if bucket is None:
+            bucket = _Bucket(request.limit, confirmed=request.op is None or not request.probe)
+            self._buckets[request.key] = bucket
+        elif not bucket.confirmed and request.limit < bucket.limit:
+            # Two governors configured differently share the key: the stricter guess wins.
+            bucket.limit = request.limit
+        return bucket
+
+    async def acquire(self, requests: Sequence[SlotRequest]) -> Grant | Blocked:
+        """Take one slot in every bucket of ``requests`` if all are free now, else none."""
+        buckets = [self._bucket(r) for r in requests]
+        now: float | None = None
+        if not all(b.quick(r) for b, r in zip(buckets, requests, strict=True)):
+            now = anyio.current_time()
+            ready = tuple(b.ready(now, r) for b, r in zip(buckets, requests, strict=True))
+            if not all(t is not None and t <= now for t in ready):
+                return Blocked(ready)
+        taken = [b.take(r, now) for b, r in zip(buckets, requests, strict=True)]
+        return Grant(tuple(requests), tuple(t[0] for t in taken), tuple(t[1] for t in taken))
+
+    async def ready(self, requests: Sequence[SlotRequest]) -> tuple[float | None, ...]:
+        """Earliest grant time per request, without taking anything."""
+        now = anyio.current_time()
+        return tuple(self._bucket(r).ready(now, r) for r in requests)
+
+    async def release(
+        self, grant: Grant, *, end: float | None, feedback: Feedback | None = None
+    ) -> Learned | None:
+        """Give the slots of ``grant`` back (see :class:`GovernorBackend`)."""
+        learned: Learned | None = None
+        now = -math.inf
+        if feedback is not None or end is None:
+            now = anyio.current_time()
+        for index, request in enumerate(grant.requests):
+            bucket = self._buckets[request.key]
+            if index == 0 and feedback is not None:
+                learned = bucket.learn(request, feedback, now, grant.marks[0])
+            if grant.probing[index] and request.op is not None:
+                # Without an answer showing the limit, the next call probes again.
+                bucket.probing.discard(request.op)
+            bucket.open -= 1
+            if end is None:
+                if bucket.cap_until > now:
+                    bucket.cap_left += 1  # never reached the server: refund the cap
+            else:
+                ends = bucket.ends
+                if not ends or end >= ends[-1]:
+                    ends.append(end)
+                else:
+                    insort(ends, end)
+        return learned
+
+    async def seed(self, request: SlotRequest, feedback: Feedback) -> None:
+        """Create (or correct) a bucket whose real limit is already known."""
+        bucket = self._bucket(request)
+        bucket.limit = feedback.limit
+        bucket.confirmed = True
+        if request.op is not None:
+            bucket.known.add(request.op)
+        bucket.cap(feedback, anyio.current_time(), others=bucket.open)
+
+    def pause(self, key: str, until: float) -> None:
+        """Grant nothing in ``key`` before ``until``."""
+        bucket = self._buckets.get(key)
+        if bucket is not None and until > bucket.paused:
+            bucket.paused = until
+
+    def paused_until(self, key: str) -> float:
+        """End of ``key``'s pause (``-inf`` when none)."""
+        bucket = self._buckets.get(key)
+        return -math.inf if bucket is None else bucket.paused
+
+    async def estimate(self, request: SlotRequest, position: int, hold: float) -> float:
+        """When a call with ``position`` calls ahead would get a slot (a lower bound)."""
+        now = anyio.current_time()
+        bucket = self._bucket(request)
+        limit = max(bucket.limit, 1)
+        ends = [e for e in bucket.ends if e > now]
+        frees = [now] * max(limit - bucket.open - len(ends), 0) + ends
+        frees += [now + hold] * bucket.open
+        frees.sort()
+        rounds, index = divmod(position, limit)
+        when = frees[min(index, len(frees) - 1)] + rounds * hold
+        if bucket.cap_until > now and position >= bucket.cap_left:
+            when = max(when, bucket.cap_until)
+        return max(when, bucket.paused, now)
+
+    def snapshot(self) -> Mapping[str, BucketState]:
+        """What this process knows of every bucket."""
+        now = anyio.current_time()
+        return {key: bucket.view(key, now) for key, bucket in self._buckets.items()}
