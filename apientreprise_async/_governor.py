@@ -40,7 +40,6 @@ from typing import NamedTuple
 
 import anyio
 import attrs
-from anyio.lowlevel import RunVar
 
 from ._catalogue import GROUP_LIMITS, IP_LIMIT, Endpoint
 from ._errors import RateLimitError, retry_after_seconds
@@ -270,38 +269,39 @@ class _Waiter:
 
 
 # Governors sharing a backend share its queues, so a release by one wakes the other's waiters.
-_QUEUES: weakref.WeakKeyDictionary[GovernorBackend, dict[str, _Queue]] = weakref.WeakKeyDictionary()
-_DEFAULT_BACKEND: RunVar[InMemoryBackend] = RunVar("apientreprise_async.default_backend")
-_DEFAULT_GOVERNOR: RunVar[Governor] = RunVar("apientreprise_async.default_governor")
+_QUEUES: weakref.WeakKeyDictionary[GovernorBackend, dict[str, _Queue]] = (
+    weakref.WeakKeyDictionary()
+)
+_default_backend: InMemoryBackend | None = None
+_default_governor: Governor | None = None
 
 
 def default_backend() -> InMemoryBackend:
-    """The event loop's shared in-memory backend (one IP bucket for the whole process).
+    """The process-wide in-memory backend: every governor built without one shares it.
 
-    It is per event loop because a loop's clock means nothing to another one;
-    a process normally runs a single loop.
+    So the IP bucket (key ``"ip"``) is one per process, whatever the limits of
+    each client, and two clients using the same token share its buckets. It
+    is not thread-safe: use it from one event loop at a time (it forgets
+    everything when it sees the clock of a new loop go backwards; a test suite
+    can call its :meth:`~InMemoryBackend.clear` between tests).
 
     .. versionadded:: 0.1.0
     """
-    try:
-        return _DEFAULT_BACKEND.get()
-    except LookupError:
-        backend = InMemoryBackend()
-        _DEFAULT_BACKEND.set(backend)
-        return backend
+    global _default_backend  # lazily created process-wide singleton
+    if _default_backend is None:
+        _default_backend = InMemoryBackend()
+    return _default_backend
 
 
 def default_governor() -> Governor:
-    """The governor every client uses unless given one (must run inside the event loop).
+    """The governor every client uses unless given one (default :class:`Limits`).
 
     .. versionadded:: 0.1.0
     """
-    try:
-        return _DEFAULT_GOVERNOR.get()
-    except LookupError:
-        governor = Governor()
-        _DEFAULT_GOVERNOR.set(governor)
-        return governor
+    global _default_governor  # lazily created process-wide singleton
+    if _default_governor is None:
+        _default_governor = Governor()
+    return _default_governor
 
 
 def _lower(headers: Mapping[str, str]) -> Mapping[str, str]:
@@ -390,7 +390,7 @@ class Permit:
             raise RuntimeError("Permit.sending() called outside its context")
         if self._sent:
             return
-        backend = self._governor._get_backend()
+        backend = self._governor._backend
         for request in grant.requests:
             paused = backend.paused_until(request.key)
             if paused != -_INF:
@@ -440,7 +440,7 @@ class Permit:
             pause = min(seconds, _MAX_PAUSE) + limits.period * limits.margin
             grant = self._grant
             if grant is not None:
-                governor._get_backend().pause(grant.requests[0].key, now + pause)
+                governor._backend.pause(grant.requests[0].key, now + pause)
 
 
 class Governor:
@@ -448,15 +448,13 @@ class Governor:
 
     Args:
         limits: the limits to respect (:class:`Limits` defaults).
-        backend: where buckets live; by default the event loop's shared
+        backend: where buckets live; by default the process-wide
             :func:`default_backend`, so every governor of the process shares
             the IP bucket (and the buckets of a token it also uses). Pass an
             :class:`~apientreprise_async.backends.InMemoryBackend` of its own
             to keep a governor apart.
         wall_clock: epoch seconds, used only to read ``RateLimit-Reset`` and
             HTTP dates in ``Retry-After``.
-
-    A governor belongs to the event loop that first uses it.
 
     .. versionadded:: 0.1.0
     """
@@ -469,8 +467,8 @@ class Governor:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.limits = limits or Limits()
-        self._backend = backend
-        self._queues: dict[str, _Queue] = {} if backend is None else _queues_for(backend)
+        self._backend: GovernorBackend = default_backend() if backend is None else backend
+        self._queues = _queues_for(self._backend)
         self._wall_clock = wall_clock
         self._routes: dict[tuple[str, str], _Route] = {}
         self._logged: set[str] = set()
@@ -523,7 +521,7 @@ class Governor:
 
     def snapshot(self) -> GovernorSnapshot:
         """Per bucket: limit, calls in the current period, queue length, next free time."""
-        backend = self._get_backend()
+        backend = self._backend
         buckets = {
             key: BucketSnapshot._of(state, self._queued(key))
             for key, state in backend.snapshot().items()
@@ -534,12 +532,10 @@ class Governor:
         queue = self._queues.get(key)
         return 0 if queue is None else queue.size
 
-    def _get_backend(self) -> GovernorBackend:
-        backend = self._backend
-        if backend is None:
-            backend = self._backend = default_backend()
-            self._queues = _queues_for(backend)
-        return backend
+    @property
+    def backend(self) -> GovernorBackend:
+        """Where this governor's buckets live."""
+        return self._backend
 
     def _route(self, token: str, endpoint: Endpoint) -> _Route:
         route = self._routes.get((token, endpoint.operation_id))
@@ -558,7 +554,7 @@ class Governor:
         return queue
 
     async def _admit(self, token: str, endpoint: Endpoint, max_wait: float | None) -> Grant:
-        backend = self._get_backend()
+        backend = self._backend
         route = self._route(token, endpoint)
         requests = route.requests
         queues = self._queues
@@ -707,7 +703,7 @@ class Governor:
             now = anyio.current_time()
             if now >= deadline:
                 self._rejections += 1
-                eta = await self._eta(self._get_backend(), waiter.route)
+                eta = await self._eta(self._backend, waiter.route)
                 raise RateLimitError(
                     f"{endpoint.operation_id}: no slot within max_wait",
                     retry_after=max(eta, when if when != _INF else eta) - now,
@@ -728,7 +724,7 @@ class Governor:
 
     async def _finish(self, permit: Permit, grant: Grant) -> None:
         """Release ``permit``'s slots, apply what its answer taught, wake whom it concerns."""
-        backend = self._get_backend()
+        backend = self._backend
         if permit._sent:
             answered = permit._answered
             end: float | None = (

@@ -329,9 +329,24 @@ class InMemoryBackend:
 
     def __init__(self) -> None:
         self._buckets: dict[str, _Bucket] = {}
+        self._last = -math.inf
 
     def __repr__(self) -> str:
         return f"<InMemoryBackend buckets={len(self._buckets)}>"
+
+    def clear(self) -> None:
+        """Forget every bucket (between tests, or when the event loop changed)."""
+        self._buckets.clear()
+        self._last = -math.inf
+
+    def _now(self) -> float:
+        now = anyio.current_time()
+        if now < self._last:
+            # A monotonic clock went back: a new event loop, whose times mean
+            # nothing to the old state (a test suite running loop after loop).
+            self._buckets.clear()
+        self._last = now
+        return now
 
     def _bucket(self, request: SlotRequest) -> _Bucket:
         bucket = self._buckets.get(request.key)
@@ -348,7 +363,7 @@ class InMemoryBackend:
         buckets = [self._bucket(r) for r in requests]
         now: float | None = None
         if not all(b.quick(r) for b, r in zip(buckets, requests, strict=True)):
-            now = anyio.current_time()
+            now = self._now()
             ready = tuple(b.ready(now, r) for b, r in zip(buckets, requests, strict=True))
             if not all(t is not None and t <= now for t in ready):
                 return Blocked(ready)
@@ -357,7 +372,7 @@ class InMemoryBackend:
 
     async def ready(self, requests: Sequence[SlotRequest]) -> tuple[float | None, ...]:
         """Earliest grant time per request, without taking anything."""
-        now = anyio.current_time()
+        now = self._now()
         return tuple(self._bucket(r).ready(now, r) for r in requests)
 
     async def release(
@@ -367,7 +382,7 @@ class InMemoryBackend:
         learned: Learned | None = None
         now = -math.inf
         if feedback is not None or end is None:
-            now = anyio.current_time()
+            now = self._now()
         for index, request in enumerate(grant.requests):
             bucket = self._buckets[request.key]
             if index == 0 and feedback is not None:
@@ -394,7 +409,7 @@ class InMemoryBackend:
         bucket.confirmed = True
         if request.op is not None:
             bucket.known.add(request.op)
-        bucket.cap(feedback, anyio.current_time(), others=bucket.open)
+        bucket.cap(feedback, self._now(), others=bucket.open)
 
     def pause(self, key: str, until: float) -> None:
         """Grant nothing in ``key`` before ``until``."""
@@ -409,7 +424,7 @@ class InMemoryBackend:
 
     async def estimate(self, request: SlotRequest, position: int, hold: float) -> float:
         """When a call with ``position`` calls ahead would get a slot (a lower bound)."""
-        now = anyio.current_time()
+        now = self._now()
         bucket = self._bucket(request)
         limit = max(bucket.limit, 1)
         ends = [e for e in bucket.ends if e > now]
@@ -424,5 +439,5 @@ class InMemoryBackend:
 
     def snapshot(self) -> Mapping[str, BucketState]:
         """What this process knows of every bucket."""
-        now = anyio.current_time()
+        now = self._now()
         return {key: bucket.view(key, now) for key, bucket in self._buckets.items()}

@@ -72,10 +72,7 @@ class FakeServer:
     def _window(self, key: tuple[str, ...], now: float) -> _Window:
         window = self.windows.get(key)
         if window is None or now >= window.end:
-            if self.aligned:
-                start = math.floor(now / self.period) * self.period
-            else:
-                start = now
+            start = math.floor(now / self.period) * self.period if self.aligned else now
             window = self.windows[key] = _Window(start, start + self.period)
         return window
 
