@@ -19,8 +19,12 @@ import httpx
 from . import _version
 from ._auth import AuthStrategy, BearerToken, TokenInfo
 from ._catalogue import Endpoint, IdKind, get_endpoint, match_path
+from ._circuit import Circuit, CircuitPolicy
+from ._coalesce import Coalescer
 from ._config import USE_DEFAULT, Settings, Timeouts, UseDefault, resolve_base_url
 from ._errors import (
+    ApiEntrepriseError,
+    ApiError,
     AuthenticationError,
     InvalidParameterError,
     MaintenanceWindowError,
@@ -34,6 +38,7 @@ from ._governor import Governor, Limits
 from ._identifiers import normalize_identifier, validate_traceability
 from ._maintenance import maintenance_remaining
 from ._response import Response, parse_rate_limit
+from ._retry import Attempt, RetryPolicy, annotate, describe
 
 __all__ = ["AsyncClient", "TokenExpiryWarning"]
 
@@ -59,6 +64,10 @@ def _default_governor() -> Governor:
     if _process_governor is None:
         _process_governor = Governor()
     return _process_governor
+
+
+class _Silence(TransportError):
+    """No HTTP answer at all: what the circuit counts."""
 
 
 class _State(enum.Enum):
@@ -97,6 +106,9 @@ class AsyncClient(Resources):
         verify: a CA bundle path or an ``ssl.SSLContext``; ``False`` is refused.
         check_maintenance: refuse calls locally during maintenance windows.
         retry_rate_limited: after a 429, wait for the governor's pause and go again.
+        retry: a :class:`RetryPolicy` for transient failures (off by default).
+        circuit: when to stop sending after repeated silence (``None`` disables it).
+        coalesce: share one request between concurrent identical calls.
     """
 
     def __init__(
@@ -119,6 +131,9 @@ class AsyncClient(Resources):
         user_agent: str | None = None,
         check_maintenance: bool = True,
         retry_rate_limited: bool = False,
+        retry: RetryPolicy | None = None,
+        circuit: CircuitPolicy | None = CircuitPolicy(),  # noqa: B008  (frozen value)
+        coalesce: bool = True,
     ) -> None:
         if auth is None:
             raw = token if token is not None else os.environ.get("API_ENTREPRISE_TOKEN")
@@ -146,6 +161,8 @@ class AsyncClient(Resources):
             verify=verify,
             check_maintenance=check_maintenance,
             retry_rate_limited=retry_rate_limited,
+            retry=retry,
+            coalesce=coalesce,
         )
         if governor is None:
             governor = Governor(limits) if limits is not None else _default_governor()
@@ -158,6 +175,8 @@ class AsyncClient(Resources):
                 limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
                 follow_redirects=False,
             )
+        self._circuit = Circuit(circuit) if circuit is not None else None
+        self._coalescer: Coalescer[Response[Any]] = Coalescer()
         self._setup(settings, auth, governor, http_client, owns_http)
         self._warn_expiry()
 
@@ -212,6 +231,8 @@ class AsyncClient(Resources):
         max_wait: float | UseDefault | None = USE_DEFAULT,
         check_maintenance: bool | UseDefault = USE_DEFAULT,
         retry_rate_limited: bool | UseDefault = USE_DEFAULT,
+        retry: RetryPolicy | UseDefault | None = USE_DEFAULT,
+        coalesce: bool | UseDefault = USE_DEFAULT,
     ) -> AsyncClient:
         """A new client with some settings changed, sharing this one's pool and governor.
 
@@ -227,10 +248,14 @@ class AsyncClient(Resources):
                 ("max_wait", max_wait),
                 ("check_maintenance", check_maintenance),
                 ("retry_rate_limited", retry_rate_limited),
+                ("retry", retry),
+                ("coalesce", coalesce),
             )
             if value is not USE_DEFAULT
         }
         clone = AsyncClient.__new__(AsyncClient)
+        clone._circuit = self._circuit
+        clone._coalescer = self._coalescer
         clone._setup(
             attrs.evolve(self._settings, **changes),
             self._auth,
@@ -419,6 +444,8 @@ class AsyncClient(Resources):
         extra_headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        retry: RetryPolicy | UseDefault | None = USE_DEFAULT,
+        coalesce: bool | None = None,
     ) -> Response[Any]:
         if self._state is _State.CLOSED:
             raise RuntimeError("this AsyncClient is closed")
@@ -443,12 +470,77 @@ class AsyncClient(Resources):
             headers=headers,
             timeout=httpx.Timeout(read, connect=self._settings.timeouts.connect),
         )
+        policy = self._settings.retry if retry is USE_DEFAULT else retry
+
+        async def attempts() -> Response[Any]:
+            return await self._attempts(endpoint, request, wait, policy)
+
+        if not (self._settings.coalesce if coalesce is None else coalesce):
+            return await attempts()
+        # Identical URL (path, parameters, traceability), token and cache directive.
+        key = (self._auth.fingerprint, str(request.url), headers.get("Cache-Control"))
+        response, _shared = await self._coalescer.run(key, attempts)
+        return response
+
+    async def _attempts(
+        self,
+        endpoint: Endpoint,
+        request: httpx.Request,
+        max_wait: float | None,
+        policy: RetryPolicy | None,
+    ) -> Response[Any]:
+        """Send once, or as the retry policy allows, each attempt through the governor."""
+        history: list[Attempt] = []
+        started = anyio.current_time()
+        deadline = None if policy is None or policy.deadline is None else started + policy.deadline
+        number = 0
         while True:
+            number += 1
+            wait = max_wait
+            if deadline is not None:
+                left = deadline - anyio.current_time()
+                wait = left if wait is None else min(wait, left)
             try:
-                return await self._send(endpoint, request, wait)
-            except RateLimitError as exc:
-                if exc.local or not self._settings.retry_rate_limited:
-                    raise
+                with anyio.fail_after(
+                    None if deadline is None else max(0.0, deadline - anyio.current_time())
+                ):
+                    return await self._send(endpoint, request, wait)
+            except TimeoutError:
+                error: ApiEntrepriseError = TransportError(
+                    f"call deadline of {policy.deadline if policy else 0:.1f} s exceeded",
+                    url=str(request.url),
+                    operation_id=endpoint.operation_id or None,
+                )
+            except ApiEntrepriseError as exc:
+                error = exc
+            if policy is None:
+                if (
+                    isinstance(error, RateLimitError)
+                    and not error.local
+                    and self._settings.retry_rate_limited
+                ):
+                    continue
+                raise error
+            pause = 0.0
+            give_up = number >= policy.max_attempts or not policy.retryable(error)
+            if not give_up:
+                pause = policy.delay(number, error)
+                if deadline is not None and anyio.current_time() + pause >= deadline:
+                    give_up = True
+                    pause = 0.0
+            history.append(Attempt(number, describe(error), pause))
+            if give_up:
+                annotate(error, history)
+                raise error
+            logger.info(
+                "attempt %d of %s failed (%s); retrying in %.2f s",
+                number,
+                endpoint.operation_id or request.url.path,
+                describe(error),
+                pause,
+                extra={"attempt": number, "retry_in": pause, "error": describe(error)},
+            )
+            await anyio.sleep(pause)
 
     def _auth_headers(self, endpoint: Endpoint) -> dict[str, str]:
         info = self._auth.token_info
@@ -477,6 +569,35 @@ class AsyncClient(Resources):
     ) -> Response[Any]:
         url = str(request.url)
         op_id = endpoint.operation_id or None
+        circuit = self._circuit
+        if circuit is None:
+            return await self._exchange(endpoint, request, max_wait, url, op_id)
+        probe = circuit.before_call()
+        try:
+            response = await self._exchange(endpoint, request, max_wait, url, op_id)
+        except _Silence:
+            circuit.silent(probe)
+            raise
+        except ApiError as exc:
+            if exc.http_status is None:
+                circuit.released(probe)  # refused locally: says nothing about the server
+            else:
+                circuit.answered(probe)
+            raise
+        except BaseException:
+            circuit.released(probe)
+            raise
+        circuit.answered(probe)
+        return response
+
+    async def _exchange(
+        self,
+        endpoint: Endpoint,
+        request: httpx.Request,
+        max_wait: float | None,
+        url: str,
+        op_id: str | None,
+    ) -> Response[Any]:
         async with self._governor.permit(
             self._auth.fingerprint, endpoint, max_wait=max_wait
         ) as permit:
@@ -484,16 +605,21 @@ class AsyncClient(Resources):
             permit.sending()
             try:
                 answer = await self._http.send(request)
+            except httpx.PoolTimeout as exc:
+                # Local congestion (no free connection), not silence from the server.
+                raise TransportError(
+                    "no free connection in the pool", url=url, operation_id=op_id
+                ) from exc
             except httpx.TimeoutException as exc:
                 self._log(request, None, started, None)
-                raise TransportError(
+                raise _Silence(
                     f"timed out: {type(exc).__name__} on {request.url.path}",
                     url=url,
                     operation_id=op_id,
                 ) from exc
             except httpx.HTTPError as exc:
                 self._log(request, None, started, None)
-                raise TransportError(
+                raise _Silence(
                     f"no answer: {type(exc).__name__} on {request.url.path}",
                     url=url,
                     operation_id=op_id,

@@ -98,3 +98,5 @@ class Settings:
     verify: str | ssl.SSLContext | bool = attrs.field(default=True, validator=_no_false)
     check_maintenance: bool = True
     retry_rate_limited: bool = False
+    retry: Any = None
+    coalesce: bool = True

@@ -15,6 +15,7 @@ from apientreprise_async import (
     AuthorizationError,
     ClientError,
     ConflictError,
+    Governor,
     NotFoundError,
     ProviderError,
     ProviderUnavailableError,
@@ -252,40 +253,43 @@ async def test_replay_every_openapi_error_example(anyio_backend: Any) -> None:
     def handle(request: httpx.Request) -> httpx.Response:
         return httpx.Response(current["status"], json=current["body"])
 
-    async with AsyncClient(
-        token=TOKEN,
-        recipient=RECIPIENT,
-        context="replay",
-        object="openapi",
-        transport=httpx.MockTransport(handle),
-        check_maintenance=False,
-    ) as client:
-        for path, name, status, body in cases:
-            current.update(status=status, body=body)
-            concrete = path
-            for param, value in (
-                ("{siren}", "418166096"),
-                ("{siret}", "41816609600051"),
-                ("{year}", "2022"),
-                ("{month}", "03"),
-                ("{siren_or_rna}", "418166096"),
-                ("{siret_or_rna}", "41816609600051"),
-                ("{siret_or_eori}", "41816609600051"),
-                ("{siren_or_siret_or_rna}", "418166096"),
-            ):
-                concrete = concrete.replace(param, value)
+    transport = httpx.MockTransport(handle)
+    for path, name, status, body in cases:
+        current.update(status=status, body=body)
+        concrete = path
+        for param, value in (
+            ("{siren}", "418166096"),
+            ("{siret}", "41816609600051"),
+            ("{year}", "2022"),
+            ("{month}", "03"),
+            ("{siren_or_rna}", "418166096"),
+            ("{siret_or_rna}", "41816609600051"),
+            ("{siret_or_eori}", "41816609600051"),
+            ("{siren_or_siret_or_rna}", "418166096"),
+        ):
+            concrete = concrete.replace(param, value)
+        # A fresh governor per case: a replayed 429 would otherwise pause the bucket.
+        async with AsyncClient(
+            token=TOKEN,
+            recipient=RECIPIENT,
+            context="replay",
+            object="openapi",
+            transport=transport,
+            governor=Governor(),
+            check_maintenance=False,
+        ) as client:
             with pytest.raises(ApiEntrepriseError) as info:
                 await client.get(concrete)
-            error = info.value
-            assert isinstance(error, expected[status]), (path, name)
-            assert status == error.http_status  # type: ignore[attr-defined]
-            raw_errors = body.get("errors") or []
-            if raw_errors:
-                assert raw_errors[0].get("code") == error.first_error_code, (path, name)
-                meta = raw_errors[0].get("meta") or {}
-                if "provider" in meta:
-                    assert meta["provider"] == error.provider
-            seen_statuses.add(status)
+        error = info.value
+        assert isinstance(error, expected[status]), (path, name)
+        assert status == error.http_status  # type: ignore[attr-defined]
+        raw_errors = body.get("errors") or []
+        if raw_errors:
+            assert raw_errors[0].get("code") == error.first_error_code, (path, name)
+            meta = raw_errors[0].get("meta") or {}
+            if "provider" in meta:
+                assert meta["provider"] == error.provider
+        seen_statuses.add(status)
     statuses_in_spec = {s for _, _, s, _ in cases}
     assert statuses_in_spec == seen_statuses
     assert len(cases) > 300, len(cases)
