@@ -30,9 +30,17 @@ def wall_clock() -> float:
     return EPOCH + anyio.current_time()
 
 
-def json_endpoint(operation_id: str = "op_json", group: str = "json_resources_entreprise") -> Endpoint:
+def json_endpoint(
+    operation_id: str = "op_json", group: str = "json_resources_entreprise"
+) -> Endpoint:
     """A JSON operation of the shared group (or another one)."""
-    return Endpoint(operation_id=operation_id, path=f"/v3/{operation_id}", provider="test", version=3, rate_group=group)
+    return Endpoint(
+        operation_id=operation_id,
+        path=f"/v3/{operation_id}",
+        provider="test",
+        version=3,
+        rate_group=group,
+    )
 
 
 @attrs.define
