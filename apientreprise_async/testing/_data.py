@@ -494,6 +494,16 @@ def builtin_answer(
             if "dgfip" in op:
                 data["date_delivrance_attestation"] = "2025-01-06"
                 data["date_periode_analysee"] = "2024-12-31"
+            else:
+                data["entity_status"] = {
+                    "code": "ok",
+                    "libelle": "Attestation délivrée par l'Urssaf",
+                    "description": "L'entité est à jour de ses cotisations sociales.",
+                }
+                data["date_debut_validite"] = "2025-01-06"
+                data["date_fin_validite"] = "2025-06-30"
+                # A made-up security code in the real format (15 capitals and digits).
+                data["code_securite"] = f"EM{company.siren}{company.siren[:4]}"
         else:
             data["expires_in"] = expires_in
         return 200, {"data": data, "links": {}, "meta": {}}

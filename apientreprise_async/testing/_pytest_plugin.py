@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from apientreprise_async import AsyncClient, Limits
+from apientreprise_async import AsyncClient, Governor, Limits
+from apientreprise_async.backends import InMemoryBackend
 
 from ._emulator import Emulator
 
@@ -61,11 +62,18 @@ async def api_entreprise_client(
     anyio_backend: Any, api_entreprise_emulator: Emulator, api_entreprise_token: str
 ) -> AsyncIterator[AsyncClient]:
     """An open client to the emulator, with a governor of its own."""
+    # A private backend keeps tests apart; the emulator's wall clock keeps
+    # RateLimit-Reset meaningful when the emulator runs at another date.
+    governor = Governor(
+        Limits(period=api_entreprise_emulator.period),
+        backend=InMemoryBackend(),
+        wall_clock=api_entreprise_emulator.epoch,
+    )
     async with AsyncClient(
         api_entreprise_token,
         base_url="https://entreprise.api.gouv.fr",
         transport=api_entreprise_emulator.transport(),
-        limits=Limits(period=api_entreprise_emulator.period),
+        governor=governor,
         recipient=RECIPIENT,
         context="tests",
         object="pytest",

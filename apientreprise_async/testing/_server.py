@@ -52,6 +52,8 @@ class RunningServer:
         logging.getLogger("uvicorn.error").addFilter(_FILTER)
         config = uvicorn.Config(
             app,
+            interface="asgi3",  # a bound method defeats uvicorn's detection
+            proxy_headers=False,  # the client address is the socket's peer, as in production
             log_config=None,  # leave the user's logging configuration alone
             log_level="warning",
             access_log=False,
