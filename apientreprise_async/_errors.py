@@ -23,8 +23,9 @@
     │   └── ServerError                           5xx
     │       ├── ProviderError                     502
     │       └── ProviderUnavailableError          503, 504
-    └── TransportError                            no usable answer (timeout, DNS, TLS, reset)
-        └── ServiceUnreachable                    circuit open after repeated silence
+    ├── TransportError                            no usable answer (timeout, DNS, TLS, reset)
+    │   └── ServiceUnreachable                    circuit open after repeated silence
+    └── UnexpectedPayloadError                    a 2xx body that does not fit its record
 
 ``ApiError`` and ``TransportError`` carry the request's method and URL (the
 URL never holds the token: it travels in a header).
@@ -63,6 +64,7 @@ __all__ = [
     "TokenExpiredError",
     "TransportError",
     "UnavailableForLegalReasonsError",
+    "UnexpectedPayloadError",
     "UnknownOperationError",
     "ValidationError",
     "error_from_response",
@@ -340,6 +342,35 @@ class TransportError(ApiEntrepriseError):
 
 class ServiceUnreachable(TransportError):
     """The circuit is open: the server stopped answering (possibly a ban)."""
+
+
+class UnexpectedPayloadError(ApiEntrepriseError):
+    """A successful answer we cannot read as promised.
+
+    Either a JSON body that does not fit the operation's record, or a
+    downloaded document whose content type is not one we accept.
+
+    Attributes:
+        problems: one line per offending value, naming its JSON path
+            (``... @ $.data.siren``).
+        operation_id: the catalogue operation, when known.
+        url: the request sent.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problems: Sequence[str] = (),
+        operation_id: str | None = None,
+        url: str = "",
+    ) -> None:
+        self.problems = tuple(problems)
+        self.operation_id = operation_id
+        self.url = url
+        super().__init__(message)
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {

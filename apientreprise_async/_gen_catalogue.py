@@ -12,6 +12,33 @@ from ._catalogue import (
     QueryParam,
     TimeoutClass,
 )
+from .records import (
+    ademe,
+    api_entreprise,
+    banque_de_france,
+    carif_oref,
+    cibtp,
+    cma_france,
+    cnetp,
+    data_subvention,
+    dgfip,
+    djepva,
+    douanes,
+    european_commission,
+    fabrique_numerique_ministeres_sociaux,
+    fntp,
+    gip_mds,
+    infogreffe,
+    inpi,
+    insee,
+    ministere_interieur,
+    msa,
+    opqibi,
+    probtp,
+    qualibat,
+    qualifelec,
+    urssaf,
+)
 
 __all__ = ["ENDPOINTS"]
 
@@ -24,6 +51,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
         traceability=False,
+        record=api_entreprise.Privileges,
         statuses=(200, 401, 403, 409, 422, 429),
     ),
     Endpoint(
@@ -38,6 +66,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         deprecated=True,
         successor="api_entreprise_v4_acoss_attestations_sociales",
         cache_control=True,
+        record=urssaf.AttestationVigilanceV3,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -49,6 +78,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         query_params=(QueryParam("limit", required=False, choices=()),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=tuple[ademe.CertificationRgeItem, ...],
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -61,6 +91,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         timeout_class=TimeoutClass.JSON,
         maintenance=Maintenance(dt.time(22, 4), dt.time(22, 8)),
         cache_control=True,
+        record=tuple[banque_de_france.BilanItem, ...],
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -71,6 +102,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siret", IdKind.SIRET),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=carif_oref.CertificationsQualiopi,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -82,6 +114,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         rate_group="high_latency_documents",
         per_endpoint=True,
         timeout_class=TimeoutClass.DOCUMENT,
+        record=cibtp.AttestationCotisations,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -93,6 +126,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         rate_group="low_latency_documents",
         timeout_class=TimeoutClass.DOCUMENT,
         maintenance=Maintenance(dt.time(6, 0), dt.time(6, 30)),
+        record=cnetp.AttestationCotisations,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -103,6 +137,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siren_or_siret_or_rna", IdKind.SIREN_OR_SIRET_OR_RNA),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=tuple[data_subvention.SubventionItem, ...],
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -113,6 +148,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siret_or_eori", IdKind.SIRET_OR_EORI),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=douanes.ImmatriculationEori,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -128,6 +164,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         successor="api_entreprise_v4_dgfip_attestations_fiscales",
         maintenance=Maintenance(dt.time(1, 0), dt.time(2, 0)),
         cache_control=True,
+        record=dgfip.AttestationFiscaleV3,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -140,6 +177,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         timeout_class=TimeoutClass.JSON,
         maintenance=Maintenance(dt.time(1, 0), dt.time(2, 0)),
         cache_control=True,
+        record=tuple[dgfip.ChiffreAffairesItem, ...],
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -155,6 +193,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         timeout_class=TimeoutClass.JSON,
         maintenance=Maintenance(dt.time(1, 0), dt.time(2, 0)),
         cache_control=True,
+        record=dgfip.LiassesFiscales,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -170,6 +209,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         timeout_class=TimeoutClass.JSON,
         maintenance=Maintenance(dt.time(1, 0), dt.time(2, 0)),
         cache_control=True,
+        record=dgfip.LiensCapitalistiques,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -180,6 +220,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siren", IdKind.SIREN),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=european_commission.NumeroTva,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -191,6 +232,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
         deprecated=True,
+        record=tuple[fabrique_numerique_ministeres_sociaux.ConventionCollectiveItem, ...],
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -201,6 +243,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siren", IdKind.SIREN),),
         rate_group="low_latency_documents",
         timeout_class=TimeoutClass.DOCUMENT,
+        record=fntp.CarteProfessionnelle,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -221,6 +264,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ),
         rate_group="gip_mds",
         timeout_class=TimeoutClass.JSON,
+        record=gip_mds.EffectifsAnnuels,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -243,6 +287,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ),
         rate_group="gip_mds",
         timeout_class=TimeoutClass.JSON,
+        record=gip_mds.EffectifsMensuels,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -253,6 +298,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siren", IdKind.SIREN),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=infogreffe.ExtraitKbis,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -263,6 +309,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siren", IdKind.SIREN),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=tuple[infogreffe.MandataireSocialItem, ...],
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -274,6 +321,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         rate_group="inpi_rne",
         per_endpoint=True,
         timeout_class=TimeoutClass.JSON,
+        record=inpi.ActesBilans,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -286,6 +334,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         per_endpoint=True,
         timeout_class=TimeoutClass.JSON,
         cache_control=True,
+        record=tuple[inpi.BeneficiaireEffectifItem, ...],
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -298,6 +347,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         per_endpoint=True,
         timeout_class=TimeoutClass.DOCUMENT,
         cache_control=True,
+        record=inpi.ExtraitRne,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -308,6 +358,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siret", IdKind.SIRET),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=insee.Adresse,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -318,6 +369,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siret", IdKind.SIRET),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=insee.Adresse,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -330,6 +382,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         timeout_class=TimeoutClass.JSON,
         deprecated=True,
         successor="api_entreprise_v4_insee_etablissements",
+        record=insee.EtablissementV3,
         statuses=(200, 401, 403, 404, 409, 422, 429, 451, 502, 504),
     ),
     Endpoint(
@@ -342,6 +395,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         timeout_class=TimeoutClass.JSON,
         deprecated=True,
         successor="api_entreprise_v4_insee_etablissements_diffusables",
+        record=insee.EtablissementV3,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -354,6 +408,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         timeout_class=TimeoutClass.JSON,
         deprecated=True,
         successor="api_entreprise_v4_insee_sieges_diffusables_unites_legales",
+        record=insee.EtablissementV3,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -366,6 +421,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         timeout_class=TimeoutClass.JSON,
         deprecated=True,
         successor="api_entreprise_v4_insee_sieges_unites_legales",
+        record=insee.EtablissementV3,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -376,6 +432,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siret", IdKind.SIRET),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=insee.Successions,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -388,6 +445,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         timeout_class=TimeoutClass.JSON,
         deprecated=True,
         successor="api_entreprise_v4_insee_unites_legales",
+        record=insee.UniteLegaleV3,
         statuses=(200, 401, 403, 404, 409, 422, 429, 451, 502, 504),
     ),
     Endpoint(
@@ -400,6 +458,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         timeout_class=TimeoutClass.JSON,
         deprecated=True,
         successor="api_entreprise_v4_insee_unites_legales_diffusables",
+        record=insee.UniteLegaleV3,
         statuses=(200, 401, 403, 404, 409, 422, 429, 451, 502, 504),
     ),
     Endpoint(
@@ -412,6 +471,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         timeout_class=TimeoutClass.JSON,
         deprecated=True,
         cache_control=True,
+        record=ministere_interieur.Association,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -424,6 +484,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         timeout_class=TimeoutClass.DOCUMENT,
         deprecated=True,
         cache_control=True,
+        record=tuple[ministere_interieur.DocumentAssociationItem, ...],
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -435,6 +496,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
         maintenance=Maintenance(dt.time(3, 0), dt.time(3, 30)),
+        record=msa.ConformiteCotisations,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -445,6 +507,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siren", IdKind.SIREN),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=opqibi.CertificationIngenierie,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -455,6 +518,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siret", IdKind.SIRET),),
         rate_group="low_latency_documents",
         timeout_class=TimeoutClass.DOCUMENT,
+        record=probtp.AttestationCotisationsRetraite,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -465,6 +529,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siret", IdKind.SIRET),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=probtp.ConformiteCotisationsRetraite,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -477,6 +542,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         timeout_class=TimeoutClass.DOCUMENT,
         deprecated=True,
         successor="api_entreprise_v4_qualibat_certifications_batiment",
+        record=qualibat.CertificationBatimentV3,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -487,6 +553,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siret", IdKind.SIRET),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.DOCUMENT,
+        record=tuple[qualifelec.CertificatItem, ...],
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -498,6 +565,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
         deprecated=True,
+        record=cma_france.EntrepriseArtisanale,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -510,6 +578,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         per_endpoint=True,
         timeout_class=TimeoutClass.DOCUMENT,
         cache_control=True,
+        record=urssaf.AttestationVigilance,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -523,6 +592,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         timeout_class=TimeoutClass.DOCUMENT,
         maintenance=Maintenance(dt.time(1, 0), dt.time(2, 0)),
         cache_control=True,
+        record=dgfip.AttestationFiscale,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -533,6 +603,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siret", IdKind.SIRET),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=insee.Etablissement,
         statuses=(200, 401, 403, 404, 409, 422, 429, 451, 502, 504),
     ),
     Endpoint(
@@ -543,6 +614,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siret", IdKind.SIRET),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=insee.Etablissement,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -553,6 +625,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siren", IdKind.SIREN),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=insee.Etablissement,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -563,6 +636,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siren", IdKind.SIREN),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=insee.Etablissement,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -573,6 +647,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siren", IdKind.SIREN),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=insee.UniteLegale,
         statuses=(200, 401, 403, 404, 409, 422, 429, 451, 502, 504),
     ),
     Endpoint(
@@ -583,6 +658,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siren", IdKind.SIREN),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=insee.UniteLegale,
         statuses=(200, 401, 403, 404, 409, 422, 429, 451, 502, 504),
     ),
     Endpoint(
@@ -594,6 +670,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
         cache_control=True,
+        record=djepva.Association,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -604,6 +681,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=(PathParam("siren_or_rna", IdKind.SIREN_OR_RNA),),
         rate_group="json_resources_entreprise",
         timeout_class=TimeoutClass.JSON,
+        record=djepva.AssociationOpenData,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
     Endpoint(
@@ -615,6 +693,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         rate_group="low_latency_documents",
         timeout_class=TimeoutClass.DOCUMENT,
         cache_control=True,
+        record=qualibat.CertificationBatiment,
         statuses=(200, 401, 403, 404, 409, 422, 429, 502, 504),
     ),
 )
