@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from apientreprise_async._identifiers import is_valid_siren, is_valid_siret
 from apientreprise_async.backends import InMemoryBackend
 from apientreprise_async.testing import COMPANIES, Emulator, Faults
 
-from .conftest import RECIPIENT, TOKEN, make_jwt
+from .conftest import RECIPIENT, ROOT, TOKEN, make_jwt
 
 pytestmark = pytest.mark.anyio
 
@@ -374,3 +375,14 @@ async def test_builtin_data_fits_the_records(emulator: Emulator) -> None:
                 for value in ids:
                     response = await client.call(operation_id, **{kind: value})
                     assert 200 == response.http_status, (operation_id, value)
+
+
+async def test_readme_emulator_example_runs() -> None:
+    """The README's emulator example passes as written."""
+    text = (ROOT / "README.md").read_text("utf-8")
+    section = text.split("## Testing with the emulator\n", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None
+    namespace: dict[str, Any] = {}
+    exec(compile(match.group(1), "README.md", "exec"), namespace)
+    await namespace["test_with_the_emulator"]()
