@@ -6,11 +6,13 @@ import datetime as dt
 import enum
 import logging
 import os
+import pathlib
+import secrets
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 import anyio
 import attrs
@@ -18,10 +20,12 @@ import httpx
 
 from . import _version
 from ._auth import AuthStrategy, BearerToken, TokenInfo
-from ._catalogue import Endpoint, IdKind, get_endpoint, match_path
+from ._batch import Batch, BatchOptions, Inputs, Operations
+from ._catalogue import DOWNLOAD_ENDPOINT, Endpoint, IdKind, TimeoutClass, get_endpoint, match_path
 from ._circuit import Circuit, CircuitPolicy
 from ._coalesce import Coalescer
 from ._config import USE_DEFAULT, Settings, Timeouts, UseDefault, resolve_base_url
+from ._convert import structure
 from ._errors import (
     ApiEntrepriseError,
     ApiError,
@@ -31,16 +35,20 @@ from ._errors import (
     RateLimitError,
     TokenExpiredError,
     TransportError,
+    UnexpectedPayloadError,
     error_from_response,
 )
 from ._gen_resources import Resources
-from ._governor import Governor, Limits
+from ._governor import Governor, Limits, default_governor
 from ._identifiers import normalize_identifier, validate_traceability
 from ._maintenance import maintenance_remaining
 from ._response import Response, parse_rate_limit
 from ._retry import Attempt, RetryPolicy, annotate, describe
+from ._telemetry import Stats, StatsCollector, Telemetry
+from .audit import AuditErrors, AuditRecord, AuditSink, emit, entity_of
+from .records.api_entreprise import Privileges
 
-__all__ = ["AsyncClient", "TokenExpiryWarning"]
+__all__ = ["DOCUMENT_CONTENT_TYPES", "AsyncClient", "TokenExpiryWarning"]
 
 logger = logging.getLogger("apientreprise_async")
 
@@ -48,22 +56,57 @@ _EXPIRY_THRESHOLDS = (7, 30, 90)
 _warned_expiry: set[tuple[str, int]] = set()
 
 
+#: Content types :meth:`AsyncClient.download` accepts by default.
+DOCUMENT_CONTENT_TYPES = frozenset(
+    {
+        "application/pdf",
+        "application/zip",
+        "application/x-zip-compressed",
+        "application/octet-stream",
+    }
+)
+
+
 class TokenExpiryWarning(UserWarning):
     """The token expires within 90, 30 or 7 days."""
 
 
-_process_governor: Governor | None = None
+class _Trace:
+    """What the audit trail needs to know about one call while it runs."""
 
+    __slots__ = (
+        "case",
+        "context",
+        "entity_id",
+        "object",
+        "operation_id",
+        "recipient",
+        "sent",
+        "span",
+        "user",
+        "wait",
+    )
 
-def _default_governor() -> Governor:
-    """The governor shared by every client of the process that was given none.
-
-    Sharing it is what keeps the whole process under the per-IP ceiling.
-    """
-    global _process_governor
-    if _process_governor is None:
-        _process_governor = Governor()
-    return _process_governor
+    def __init__(
+        self,
+        operation_id: str,
+        entity_id: str | None,
+        recipient: str | None,
+        context: str | None,
+        object_: str | None,
+        user: str | None,
+        case: str | None,
+    ) -> None:
+        self.operation_id = operation_id
+        self.entity_id = entity_id
+        self.recipient = recipient
+        self.context = context
+        self.object = object_
+        self.user = user
+        self.case = case
+        self.wait = 0.0
+        self.sent = False
+        self.span: Any = None
 
 
 class _Silence(TransportError):
@@ -109,6 +152,9 @@ class AsyncClient(Resources):
         retry: a :class:`RetryPolicy` for transient failures (off by default).
         circuit: when to stop sending after repeated silence (``None`` disables it).
         coalesce: share one request between concurrent identical calls.
+        audit: a sink receiving one :class:`AuditRecord` per attempt or local refusal.
+        audit_errors: ``"raise"`` (default: an unaudited access fails) or ``"log"``.
+        user, case: references written in audit records (who asked, for which file).
     """
 
     def __init__(
@@ -134,6 +180,10 @@ class AsyncClient(Resources):
         retry: RetryPolicy | None = None,
         circuit: CircuitPolicy | None = CircuitPolicy(),  # noqa: B008  (frozen value)
         coalesce: bool = True,
+        audit: AuditSink | None = None,
+        audit_errors: AuditErrors = "raise",
+        user: str | None = None,
+        case: str | None = None,
     ) -> None:
         if auth is None:
             raw = token if token is not None else os.environ.get("API_ENTREPRISE_TOKEN")
@@ -163,9 +213,11 @@ class AsyncClient(Resources):
             retry_rate_limited=retry_rate_limited,
             retry=retry,
             coalesce=coalesce,
+            user=user,
+            case=case,
         )
         if governor is None:
-            governor = Governor(limits) if limits is not None else _default_governor()
+            governor = Governor(limits) if limits is not None else default_governor()
         owns_http = http_client is None
         if http_client is None:
             http_client = httpx.AsyncClient(
@@ -177,6 +229,12 @@ class AsyncClient(Resources):
             )
         self._circuit = Circuit(circuit) if circuit is not None else None
         self._coalescer: Coalescer[Response[Any]] = Coalescer()
+        if audit_errors not in ("raise", "log"):
+            raise ValueError("audit_errors must be 'raise' or 'log'")
+        self._audit = audit
+        self._audit_errors: AuditErrors = audit_errors
+        self._stats = StatsCollector()
+        self._telemetry = Telemetry()
         self._setup(settings, auth, governor, http_client, owns_http)
         self._warn_expiry()
 
@@ -233,6 +291,8 @@ class AsyncClient(Resources):
         retry_rate_limited: bool | UseDefault = USE_DEFAULT,
         retry: RetryPolicy | UseDefault | None = USE_DEFAULT,
         coalesce: bool | UseDefault = USE_DEFAULT,
+        user: str | UseDefault | None = USE_DEFAULT,
+        case: str | UseDefault | None = USE_DEFAULT,
     ) -> AsyncClient:
         """A new client with some settings changed, sharing this one's pool and governor.
 
@@ -250,12 +310,18 @@ class AsyncClient(Resources):
                 ("retry_rate_limited", retry_rate_limited),
                 ("retry", retry),
                 ("coalesce", coalesce),
+                ("user", user),
+                ("case", case),
             )
             if value is not USE_DEFAULT
         }
         clone = AsyncClient.__new__(AsyncClient)
         clone._circuit = self._circuit
         clone._coalescer = self._coalescer
+        clone._audit = self._audit
+        clone._audit_errors = self._audit_errors
+        clone._stats = self._stats
+        clone._telemetry = self._telemetry
         clone._setup(
             attrs.evolve(self._settings, **changes),
             self._auth,
@@ -276,6 +342,10 @@ class AsyncClient(Resources):
     def governor(self) -> Governor:
         """The governor admitting this client's calls."""
         return self._governor
+
+    def stats(self) -> Stats:
+        """Counters of this client and its ``with_options`` copies, with the governor's view."""
+        return self._stats.snapshot(self._governor.snapshot())
 
     @property
     def token_info(self) -> TokenInfo | None:
@@ -321,11 +391,18 @@ class AsyncClient(Resources):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        retry: RetryPolicy | UseDefault | None = USE_DEFAULT,
+        coalesce: bool | None = None,
+        user: str | None = None,
+        case: str | None = None,
         **params: Any,
     ) -> Response[Any]:
         """Call an operation of the catalogue by its ``x-operationId``.
 
         Path and query parameters are keywords (``siren="418166096"``).
+        ``retry`` overrides the client's retry policy (``None``: no retry),
+        ``coalesce=False`` opts out of request sharing, ``user`` and ``case``
+        go into the audit trail.
 
         Raises:
             UnknownOperationError: no such operation.
@@ -351,6 +428,10 @@ class AsyncClient(Resources):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            retry=retry,
+            coalesce=coalesce,
+            user=user,
+            case=case,
         )
 
     async def get(
@@ -361,12 +442,17 @@ class AsyncClient(Resources):
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        retry: RetryPolicy | UseDefault | None = USE_DEFAULT,
+        coalesce: bool | None = None,
+        user: str | None = None,
+        case: str | None = None,
     ) -> Response[Any]:
         """Low-level GET of any path, through the same pipeline as typed methods.
 
         Traceability parameters in ``params`` override the client defaults. A
         path of the catalogue is validated and governed as its operation; any
-        other path is governed in the JSON group.
+        other path is governed in the JSON group. ``data`` stays the parsed JSON
+        (use :meth:`call` or a typed method for a record).
         """
         query = dict(params or {})
         recipient = query.pop("recipient", None)
@@ -379,6 +465,7 @@ class AsyncClient(Resources):
             path_values: dict[str, Any] = {}
         else:
             endpoint, path_values = found
+            endpoint = attrs.evolve(endpoint, record=None)
         return await self._request(
             endpoint,
             path_values,
@@ -389,7 +476,151 @@ class AsyncClient(Resources):
             extra_headers=headers,
             timeout=timeout,
             max_wait=max_wait,
+            retry=retry,
+            coalesce=coalesce,
+            user=user,
+            case=case,
         )
+
+    async def privileges(
+        self,
+        *,
+        timeout: float | None = None,
+        max_wait: float | UseDefault | None = USE_DEFAULT,
+    ) -> Response[Privileges]:
+        """The privileges the server grants this token.
+
+        Scopes act as data masks on the server, so the client never refuses a
+        call because of them; :attr:`token_info` shows the scopes of the JWT
+        without a request.
+
+        .. versionadded:: 0.1.0
+        """
+        endpoint = get_endpoint("api_entreprise_privileges")
+        return await self._request(endpoint, {}, {}, timeout=timeout, max_wait=max_wait)
+
+    async def download(
+        self,
+        document_url: str,
+        destination: str | os.PathLike[str],
+        *,
+        content_types: Collection[str] | None = DOCUMENT_CONTENT_TYPES,
+        timeout: float | None = None,
+        max_wait: float | UseDefault | None = USE_DEFAULT,
+    ) -> pathlib.Path:
+        """Stream a document (a ``document_url`` of an answer) to a file.
+
+        The download goes through the governor's document bucket and uses the
+        download timeout. Bytes go to a temporary file beside the destination,
+        renamed over it only once complete: the destination is never partial.
+
+        Args:
+            document_url: the URL the API returned.
+            destination: a file path, or an existing directory (the file is then
+                named after the URL's last segment).
+            content_types: accepted ``Content-Type`` values; ``None`` accepts any.
+            timeout: read timeout in seconds (default: the client's download timeout).
+            max_wait: how long the governor may hold the download back.
+
+        Returns:
+            The path written.
+
+        Raises:
+            UnexpectedPayloadError: the server sent another content type (nothing written).
+            ApiError: the server answered with an error status.
+            TransportError: no answer, or the transfer broke (nothing written).
+
+        .. versionadded:: 0.1.0
+        """
+        if self._state is _State.CLOSED:
+            raise RuntimeError("this AsyncClient is closed")
+        url = httpx.URL(document_url)
+        if url.scheme not in {"http", "https"} or not url.host:
+            raise InvalidParameterError("document_url", f"{document_url!r} is not an http(s) URL")
+        target = pathlib.Path(destination)
+        if await anyio.Path(target).is_dir():
+            target = target / (url.path.rsplit("/", 1)[-1] or "document")
+        headers = {"User-Agent": self._settings.user_agent}
+        # Document URLs usually point at a storage host: the token only goes to the API.
+        if url.host == httpx.URL(self._settings.base_url).host:
+            headers.update(self._auth_headers(DOWNLOAD_ENDPOINT))
+        read = (
+            timeout
+            if timeout is not None
+            else self._settings.timeouts.read_for(TimeoutClass.DOWNLOAD)
+        )
+        wait = self._settings.max_wait if max_wait is USE_DEFAULT else max_wait
+        request = self._http.build_request(
+            "GET",
+            url,
+            headers=headers,
+            timeout=httpx.Timeout(read, connect=self._settings.timeouts.connect),
+        )
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+        async with self._governor.permit(
+            self._auth.fingerprint, DOWNLOAD_ENDPOINT, max_wait=wait
+        ) as permit:
+            permit.sending()
+            try:
+                answer = await self._http.send(request, stream=True, follow_redirects=True)
+            except httpx.HTTPError as exc:
+                raise TransportError(
+                    f"no answer: {type(exc).__name__} downloading {url.path}", url=str(url)
+                ) from exc
+            try:
+                permit.observe(answer.status_code, answer.headers)
+                await self._check_download(answer, str(url), content_types)
+                await self._stream_to(answer, partial, target, str(url))
+            finally:
+                await answer.aclose()
+        return target
+
+    async def _check_download(
+        self, answer: httpx.Response, url: str, content_types: Collection[str] | None
+    ) -> None:
+        if not answer.is_success:
+            await answer.aread()
+            try:
+                body = answer.json()
+            except ValueError:
+                body = None
+            raise error_from_response(
+                answer.status_code,
+                body,
+                method="GET",
+                url=url,
+                headers=answer.headers,
+                operation_id=DOWNLOAD_ENDPOINT.operation_id,
+                rate_limit=parse_rate_limit(answer.headers),
+                request_id=answer.headers.get("x-request-id"),
+                now=time.time(),
+            )
+        kind = answer.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if content_types is not None and kind not in content_types:
+            raise UnexpectedPayloadError(
+                f"the document is {kind or 'untyped'}, not one of {sorted(content_types)}",
+                problems=(f"Content-Type: {kind or '(absent)'}",),
+                operation_id=DOWNLOAD_ENDPOINT.operation_id,
+                url=url,
+            )
+
+    async def _stream_to(
+        self, answer: httpx.Response, partial: pathlib.Path, target: pathlib.Path, url: str
+    ) -> None:
+        try:
+            async with await anyio.open_file(partial, "wb") as out:
+                async for chunk in answer.aiter_bytes():
+                    await out.write(chunk)
+            await anyio.Path(partial).replace(target)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await anyio.Path(partial).unlink(missing_ok=True)
+            if isinstance(exc, httpx.HTTPError):
+                raise TransportError(
+                    f"the transfer broke: {type(exc).__name__} downloading {answer.url.path}",
+                    url=url,
+                ) from exc
+            raise
 
     def _prepare(
         self,
@@ -446,17 +677,45 @@ class AsyncClient(Resources):
         max_wait: float | UseDefault | None = USE_DEFAULT,
         retry: RetryPolicy | UseDefault | None = USE_DEFAULT,
         coalesce: bool | None = None,
+        user: str | None = None,
+        case: str | None = None,
     ) -> Response[Any]:
         if self._state is _State.CLOSED:
             raise RuntimeError("this AsyncClient is closed")
-        path, params = self._prepare(endpoint, path_values, query, recipient, context, object_)
-        headers = self._auth_headers(endpoint)
+        if endpoint.deprecated:
+            successor = (
+                f"; use {endpoint.successor} instead"
+                if endpoint.successor
+                else " (no successor announced)"
+            )
+            # stacklevel 3: the caller of call(), get() or a typed method.
+            warnings.warn(
+                f"{endpoint.operation_id} is deprecated by API Entreprise{successor}",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+        s = self._settings
+        trace = _Trace(
+            endpoint.operation_id,
+            entity_of(path_values),
+            recipient if recipient is not None else s.recipient,
+            context if context is not None else s.context,
+            object_ if object_ is not None else s.object,
+            user if user is not None else s.user,
+            case if case is not None else s.case,
+        )
+        try:
+            path, params = self._prepare(endpoint, path_values, query, recipient, context, object_)
+            headers = self._auth_headers(endpoint)
+            self._check_maintenance(endpoint)
+        except ApiEntrepriseError as exc:
+            self._audit_refusal(trace, exc, 1)
+            raise
         if extra_headers:
             headers.update(extra_headers)
         if fresh:
             headers["Cache-Control"] = "no-cache"
-        headers["User-Agent"] = self._settings.user_agent
-        self._check_maintenance(endpoint)
+        headers["User-Agent"] = s.user_agent
         read = (
             timeout
             if timeout is not None
@@ -472,15 +731,104 @@ class AsyncClient(Resources):
         )
         policy = self._settings.retry if retry is USE_DEFAULT else retry
 
+        span = self._telemetry.span(endpoint.operation_id)
+        if span is None:
+            return await self._run(endpoint, request, headers, wait, policy, coalesce, trace)
+        with span as live:
+            trace.span = live
+            return await self._run(endpoint, request, headers, wait, policy, coalesce, trace)
+
+    async def _run(
+        self,
+        endpoint: Endpoint,
+        request: httpx.Request,
+        headers: Mapping[str, str],
+        wait: float | None,
+        policy: RetryPolicy | None,
+        coalesce: bool | None,
+        trace: _Trace,
+    ) -> Response[Any]:
+        led = False
+
         async def attempts() -> Response[Any]:
-            return await self._attempts(endpoint, request, wait, policy)
+            nonlocal led
+            led = True
+            return await self._attempts(endpoint, request, wait, policy, trace)
 
         if not (self._settings.coalesce if coalesce is None else coalesce):
             return await attempts()
         # Identical URL (path, parameters, traceability), token and cache directive.
         key = (self._auth.fingerprint, str(request.url), headers.get("Cache-Control"))
-        response, _shared = await self._coalescer.run(key, attempts)
+        started = anyio.current_time()
+        try:
+            response, _shared = await self._coalescer.run(key, attempts)
+        except ApiEntrepriseError as exc:
+            if not led:
+                self._audit_attempt(trace, 1, started, exc, coalesced=True)
+            raise
+        if not led:
+            self._audit_attempt(trace, 1, started, response, coalesced=True)
         return response
+
+    def _audit_refusal(self, trace: _Trace, error: BaseException, attempt: int) -> None:
+        record = AuditRecord(
+            timestamp=dt.datetime.now(dt.UTC),
+            operation_id=trace.operation_id,
+            entity_id=trace.entity_id,
+            context=trace.context,
+            recipient=trace.recipient,
+            object=trace.object,
+            outcome="refused",
+            error_codes=(type(error).__name__,),
+            attempt=attempt,
+            user=trace.user,
+            case=trace.case,
+        )
+        self._keep(record, trace)
+
+    def _audit_attempt(
+        self,
+        trace: _Trace,
+        attempt: int,
+        started: float,
+        outcome: Response[Any] | ApiEntrepriseError,
+        *,
+        coalesced: bool = False,
+    ) -> None:
+        if isinstance(outcome, Response):
+            status: int | None = outcome.http_status
+            label = "ok"
+            codes: tuple[str, ...] = ()
+            request_id = outcome.request_id
+        else:
+            status = getattr(outcome, "http_status", None)
+            label = f"http_{status}" if status is not None else type(outcome).__name__
+            codes = tuple(getattr(outcome, "codes", ())) or (type(outcome).__name__,)
+            request_id = getattr(outcome, "request_id", None)
+        record = AuditRecord(
+            timestamp=dt.datetime.now(dt.UTC),
+            operation_id=trace.operation_id,
+            entity_id=trace.entity_id,
+            context=trace.context,
+            recipient=trace.recipient,
+            object=trace.object,
+            outcome=label,
+            http_status=status,
+            error_codes=codes,
+            duration=max(0.0, anyio.current_time() - started),
+            governor_wait=0.0 if coalesced else trace.wait,
+            attempt=attempt,
+            coalesced=coalesced,
+            user=trace.user,
+            case=trace.case,
+            request_id=request_id,
+        )
+        self._keep(record, trace)
+
+    def _keep(self, record: AuditRecord, trace: _Trace) -> None:
+        self._stats.add(record)
+        self._telemetry.record(record, trace.span)
+        emit(self._audit, record, self._audit_errors, logger)
 
     async def _attempts(
         self,
@@ -488,6 +836,7 @@ class AsyncClient(Resources):
         request: httpx.Request,
         max_wait: float | None,
         policy: RetryPolicy | None,
+        trace: _Trace,
     ) -> Response[Any]:
         """Send once, or as the retry policy allows, each attempt through the governor."""
         history: list[Attempt] = []
@@ -500,11 +849,15 @@ class AsyncClient(Resources):
             if deadline is not None:
                 left = deadline - anyio.current_time()
                 wait = left if wait is None else min(wait, left)
+            began = anyio.current_time()
+            trace.wait = 0.0
             try:
                 with anyio.fail_after(
                     None if deadline is None else max(0.0, deadline - anyio.current_time())
                 ):
-                    return await self._send(endpoint, request, wait)
+                    response = await self._send(endpoint, request, wait, trace)
+                self._audit_attempt(trace, number, began, response)
+                return response
             except TimeoutError:
                 error: ApiEntrepriseError = TransportError(
                     f"call deadline of {policy.deadline if policy else 0:.1f} s exceeded",
@@ -513,6 +866,10 @@ class AsyncClient(Resources):
                 )
             except ApiEntrepriseError as exc:
                 error = exc
+            if trace.sent:
+                self._audit_attempt(trace, number, began, error)
+            else:
+                self._audit_refusal(trace, error, number)
             if policy is None:
                 if (
                     isinstance(error, RateLimitError)
@@ -565,16 +922,17 @@ class AsyncClient(Resources):
             raise MaintenanceWindowError(endpoint.operation_id, left)
 
     async def _send(
-        self, endpoint: Endpoint, request: httpx.Request, max_wait: float | None
+        self, endpoint: Endpoint, request: httpx.Request, max_wait: float | None, trace: _Trace
     ) -> Response[Any]:
         url = str(request.url)
         op_id = endpoint.operation_id or None
+        trace.sent = False
         circuit = self._circuit
         if circuit is None:
-            return await self._exchange(endpoint, request, max_wait, url, op_id)
+            return await self._exchange(endpoint, request, max_wait, url, op_id, trace)
         probe = circuit.before_call()
         try:
-            response = await self._exchange(endpoint, request, max_wait, url, op_id)
+            response = await self._exchange(endpoint, request, max_wait, url, op_id, trace)
         except _Silence:
             circuit.silent(probe)
             raise
@@ -597,11 +955,15 @@ class AsyncClient(Resources):
         max_wait: float | None,
         url: str,
         op_id: str | None,
+        trace: _Trace,
     ) -> Response[Any]:
+        asked = anyio.current_time()
         async with self._governor.permit(
             self._auth.fingerprint, endpoint, max_wait=max_wait
         ) as permit:
             started = anyio.current_time()
+            trace.wait = started - asked
+            trace.sent = True
             permit.sending()
             try:
                 answer = await self._http.send(request)
@@ -625,6 +987,13 @@ class AsyncClient(Resources):
                     operation_id=op_id,
                 ) from exc
             permit.observe(answer.status_code, answer.headers)
+        if answer.status_code == 429:
+            logger.warning(
+                "429 from API Entreprise on %s; the governor pauses this bucket (Retry-After %s)",
+                op_id or request.url.path,
+                answer.headers.get("retry-after", "absent"),
+                extra={"http_status": 429, "operation_id": op_id, "rate_limited": True},
+            )
         request_id = answer.headers.get("x-request-id")
         rate_limit = parse_rate_limit(answer.headers)
         self._log(request, answer, started, request_id)
@@ -682,8 +1051,14 @@ class AsyncClient(Resources):
         )
 
     def _structure(self, endpoint: Endpoint, data: Any) -> Any:
-        """Turn ``data`` into the operation's record type (raw JSON when it has none)."""
-        return data
+        """Turn ``data`` into the operation's record (raw JSON for paths outside the catalogue).
+
+        Raises:
+            UnexpectedPayloadError: the payload does not fit; the error names each JSON path.
+        """
+        if endpoint.record is None:
+            return data
+        return structure(data, endpoint.record, operation_id=endpoint.operation_id)
 
     def _log(
         self,
@@ -713,3 +1088,23 @@ class AsyncClient(Resources):
                 "request_id": request_id,
             },
         )
+
+    # -- batches ---------------------------------------------------------------------
+
+    def batch(
+        self, operations: Operations, inputs: Inputs, **options: Unpack[BatchOptions]
+    ) -> Batch:
+        """Call ``operations`` for every input, at the governor's pace, resumably.
+
+        ::
+
+            async with client.batch("api_entreprise_v3_insee_unites_legales", sirens,
+                                    output="out.jsonl") as outcomes:
+                async for outcome in outcomes:
+                    print(outcome.input, outcome.status)
+
+        See :class:`~apientreprise_async.Batch` for the options.
+
+        .. versionadded:: 0.1.0
+        """
+        return Batch(self, operations, inputs, **options)

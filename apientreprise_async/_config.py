@@ -100,3 +100,5 @@ class Settings:
     retry_rate_limited: bool = False
     retry: Any = None
     coalesce: bool = True
+    user: str | None = None
+    case: str | None = None

@@ -51,8 +51,10 @@ def shared_or_skip() -> pathlib.Path:
 @pytest.fixture(autouse=True)
 def _fresh_process_governor() -> Any:
     """Each test starts with a new process-wide governor (its clock belongs to one event loop)."""
-    from apientreprise_async import _client
+    from apientreprise_async import _governor
 
-    _client._process_governor = None
+    _governor._default_governor = None
+    _governor.default_backend().clear()
     yield
-    _client._process_governor = None
+    _governor._default_governor = None
+    _governor.default_backend().clear()

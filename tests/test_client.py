@@ -17,6 +17,7 @@ from apientreprise_async import (
     InvalidSirenError,
     InvalidSiretError,
     MissingParameterError,
+    NotFoundError,
     Timeouts,
     TokenExpiredError,
     TokenExpiryWarning,
@@ -30,7 +31,7 @@ from .conftest import RECIPIENT, TOKEN, make_jwt
 pytestmark = pytest.mark.anyio
 
 SIREN = "418166096"
-UL_PATH = f"/v3/insee/sirene/unites_legales/{SIREN}"
+UL_PATH = f"/v4/insee/sirene/unites_legales/{SIREN}"
 
 
 class Recorder:
@@ -70,7 +71,7 @@ async def test_happy_path_envelope_and_headers() -> None:
     """A 200 fills data/links/meta/raw/status/headers/rate_limit/request_id."""
     rec = Recorder(lambda r: ok({"siren": SIREN}, links={"self": "x"}, meta={"a": 1}))
     async with client_for(rec) as client:
-        response = await client.call("api_entreprise_v4_insee_unites_legales", siren=SIREN)
+        response = await client.get(f"/v4/insee/sirene/unites_legales/{SIREN}")
     assert {"siren": SIREN} == response.data
     assert {"self": "x"} == response.links
     assert {"a": 1} == response.meta
@@ -114,11 +115,9 @@ async def test_per_call_overrides_win_and_none_params_are_dropped() -> None:
     """Per-call traceability beats the client default; None query values vanish."""
     rec = Recorder()
     async with client_for(rec) as client:
-        await client.call(
-            "api_entreprise_v3_ademe_certificats_rge",
-            siret="41816609600051",
-            context="other",
-            limit=None,
+        await client.get(
+            "/v3/ademe/etablissements/41816609600051/certification_rge",
+            params={"context": "other", "limit": None},
         )
     params = rec.requests[0].url.params
     assert "other" == params["context"]
@@ -170,7 +169,7 @@ async def test_get_escape_hatch_validates_catalogue_paths() -> None:
     rec = Recorder()
     async with client_for(rec) as client:
         with pytest.raises(InvalidSirenError):
-            await client.get("/v3/insee/sirene/unites_legales/418166097")
+            await client.get("/v4/insee/sirene/unites_legales/418166097")
         await client.get(UL_PATH, params={"context": "via get"})
     assert rec.requests[0].url.params["context"] == "via get"
 
@@ -295,9 +294,10 @@ async def test_caller_owned_http_client_is_not_closed() -> None:
 
 async def test_fresh_sends_no_cache() -> None:
     """fresh=True asks the server to bypass its cache."""
-    rec = Recorder()
+    rec = Recorder(lambda r: httpx.Response(404, json={"errors": []}))
     async with client_for(rec) as client:
-        await client.call("api_entreprise_v4_insee_unites_legales", siren=SIREN, fresh=True)
+        with pytest.raises(NotFoundError):
+            await client.call("api_entreprise_v4_insee_unites_legales", siren=SIREN, fresh=True)
     assert "no-cache" == rec.requests[0].headers["cache-control"]
 
 
@@ -317,7 +317,7 @@ async def test_the_token_never_leaks(caplog: pytest.LogCaptureFixture) -> None:
             await client.get(UL_PATH)
         texts += [str(info.value), repr(info.value), info.value.url]
         with pytest.raises(InvalidSirenError) as bad:
-            await client.get("/v3/insee/sirene/unites_legales/1")
+            await client.get("/v4/insee/sirene/unites_legales/1")
         texts.append(str(bad.value))
     texts += [r.getMessage() + repr(r.__dict__) for r in caplog.records]
     assert len(caplog.records) >= 2
@@ -363,10 +363,15 @@ async def test_timeout_classes() -> None:
 
     def grab(request: httpx.Request) -> httpx.Response:
         seen.append(request.extensions["timeout"]["read"])
-        return ok(1)
+        return httpx.Response(404, json={"errors": []})
 
-    async with client_for(Recorder(grab), timeouts=Timeouts(json=4, document=11)) as client:
-        await client.call("api_entreprise_v4_insee_unites_legales", siren=SIREN)
-        await client.call("api_entreprise_v4_dgfip_attestations_fiscales", siren=SIREN)
-        await client.call("api_entreprise_v4_insee_unites_legales", siren=SIREN, timeout=2)
+    timeouts = Timeouts(json=4, document=11)
+    async with client_for(Recorder(grab), timeouts=timeouts, check_maintenance=False) as client:
+        for op, extra in [
+            ("api_entreprise_v4_insee_unites_legales", {}),
+            ("api_entreprise_v4_dgfip_attestations_fiscales", {}),
+            ("api_entreprise_v4_insee_unites_legales", {"timeout": 2}),
+        ]:
+            with pytest.raises(NotFoundError):
+                await client.call(op, siren=SIREN, **extra)
     assert [4, 11, 2] == seen
