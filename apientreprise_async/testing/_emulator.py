@@ -302,6 +302,10 @@ class Emulator:
         document_ttl: seconds a ``document_url`` stays valid (24 h scaled by
             ``period`` by default).
 
+    Every answer carries ``X-Request-ID``; every answer to a registered token
+    carries ``RateLimit-Limit/Remaining/Reset`` of the bucket it drew from
+    (401s and unknown routes belong to no bucket, so they have none).
+
     .. versionadded:: 0.1.0
     """
 
