@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import records as records
 from ._auth import AuthStrategy as AuthStrategy
 from ._auth import BearerToken as BearerToken
 from ._auth import TokenInfo as TokenInfo
 from ._catalogue import Endpoint as Endpoint
 from ._catalogue import all_endpoints as all_endpoints
 from ._catalogue import get_endpoint as get_endpoint
+from ._client import DOCUMENT_CONTENT_TYPES as DOCUMENT_CONTENT_TYPES
 from ._client import AsyncClient as AsyncClient
 from ._client import TokenExpiryWarning as TokenExpiryWarning
 from ._config import Timeouts as Timeouts
@@ -35,6 +37,7 @@ from ._errors import ServiceUnreachable as ServiceUnreachable
 from ._errors import TokenExpiredError as TokenExpiredError
 from ._errors import TransportError as TransportError
 from ._errors import UnavailableForLegalReasonsError as UnavailableForLegalReasonsError
+from ._errors import UnexpectedPayloadError as UnexpectedPayloadError
 from ._errors import UnknownOperationError as UnknownOperationError
 from ._errors import ValidationError as ValidationError
 from ._governor import Governor as Governor
@@ -45,6 +48,7 @@ from ._response import RateLimit as RateLimit
 from ._response import Response as Response
 
 __all__ = [
+    "DOCUMENT_CONTENT_TYPES",
     "ApiEntrepriseError",
     "ApiError",
     "AsyncClient",
@@ -78,6 +82,7 @@ __all__ = [
     "TokenInfo",
     "TransportError",
     "UnavailableForLegalReasonsError",
+    "UnexpectedPayloadError",
     "UnknownOperationError",
     "ValidationError",
     "__version__",
@@ -85,6 +90,7 @@ __all__ = [
     "get_endpoint",
     "is_valid_siren",
     "is_valid_siret",
+    "records",
 ]
 
 
