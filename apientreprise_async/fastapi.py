@@ -7,7 +7,7 @@ back end short to write::
     app = FastAPI(lifespan=make_lifespan())
     install_exception_handlers(app)
     app.include_router(
-        make_proxy_router(["api_entreprise_v3_insee_unites_legales"], tracing=my_tracing),
+        make_proxy_router(["api_entreprise_v4_insee_unites_legales"], tracing=my_tracing),
         prefix="/api-entreprise",
     )
 
@@ -40,7 +40,7 @@ try:
     from starlette.middleware.cors import CORSMiddleware
     from starlette.responses import Response
     from starlette.types import ASGIApp
-except ImportError as exc:  # pragma: no cover - exercised in a test with fastapi hidden
+except ImportError as exc:
     raise ImportError(
         "apientreprise_async.fastapi needs FastAPI; install it with "
         "pip install 'apientreprise_async[fastapi]'"
