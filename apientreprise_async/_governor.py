@@ -269,9 +269,7 @@ class _Waiter:
 
 
 # Governors sharing a backend share its queues, so a release by one wakes the other's waiters.
-_QUEUES: weakref.WeakKeyDictionary[GovernorBackend, dict[str, _Queue]] = (
-    weakref.WeakKeyDictionary()
-)
+_QUEUES: weakref.WeakKeyDictionary[GovernorBackend, dict[str, _Queue]] = weakref.WeakKeyDictionary()
 _default_backend: InMemoryBackend | None = None
 _default_governor: Governor | None = None
 
@@ -359,7 +357,24 @@ class Permit:
         return f"<Permit {self._endpoint.operation_id} {state}>"
 
     async def __aenter__(self) -> Permit:
-        self._grant = await self._governor._admit(self._token, self._endpoint, self._max_wait)
+        governor = self._governor
+        endpoint = self._endpoint
+        route = governor._routes.get((self._token, endpoint.operation_id))
+        if route is None:
+            route = governor._route(self._token, endpoint)
+        # The hot path, inlined: nobody queued, both buckets free.
+        queues = governor._queues
+        bucket_queue = queues.get(route.requests[0].key)
+        ip_queue = queues.get(IP_KEY)
+        if (bucket_queue is None or not bucket_queue.size) and (
+            ip_queue is None or not ip_queue.size
+        ):
+            result = await governor._backend.acquire(route.requests)
+            if type(result) is Grant:
+                governor._grants += 1
+                self._grant = result
+                return self
+        self._grant = await governor._admit(self._token, endpoint, route, self._max_wait)
         return self
 
     async def __aexit__(
@@ -553,20 +568,11 @@ class Governor:
             queue = self._queues[key] = _Queue()
         return queue
 
-    async def _admit(self, token: str, endpoint: Endpoint, max_wait: float | None) -> Grant:
+    async def _admit(
+        self, token: str, endpoint: Endpoint, route: _Route, max_wait: float | None
+    ) -> Grant:
+        """The slow path of :meth:`Permit.__aenter__`: refuse at once, or queue."""
         backend = self._backend
-        route = self._route(token, endpoint)
-        requests = route.requests
-        queues = self._queues
-        bucket_queue = queues.get(requests[0].key)
-        ip_queue = queues.get(IP_KEY)
-        if (bucket_queue is None or not bucket_queue.size) and (
-            ip_queue is None or not ip_queue.size
-        ):
-            result = await backend.acquire(requests)
-            if type(result) is Grant:
-                self._grants += 1
-                return result
         if max_wait is not None:
             await self._check_deadline(backend, route, endpoint, max_wait)
         return await self._wait(backend, token, endpoint, route, max_wait)

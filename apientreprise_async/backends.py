@@ -47,6 +47,10 @@ __all__ = [
 ]
 
 
+#: Fraction of the limit below which a capped bucket sends one call at a time.
+_ENDGAME = 0.05
+
+
 class SlotRequest(NamedTuple):
     """One bucket a call needs a slot in.
 
@@ -244,6 +248,11 @@ class _Bucket:
         if self.cap_until > now:
             if self.cap_left <= 0:
                 when = max(when, self.cap_until)
+            elif self.open and self.cap_left <= self.limit * _ENDGAME + 1:
+                # The last slots of a window the server says are nearly used up: one
+                # call at a time, each reading Remaining anew, so that another user of
+                # the token costs at most the one 429 that then pauses the bucket.
+                return None
         elif self.cap_until != -math.inf:
             self.cap_until = -math.inf
         if self.paused > when:
@@ -360,12 +369,25 @@ class InMemoryBackend:
 
     async def acquire(self, requests: Sequence[SlotRequest]) -> Grant | Blocked:
         """Take one slot in every bucket of ``requests`` if all are free now, else none."""
-        buckets = [self._bucket(r) for r in requests]
-        now: float | None = None
-        if not all(b.quick(r) for b, r in zip(buckets, requests, strict=True)):
-            now = self._now()
-            ready = tuple(b.ready(now, r) for b, r in zip(buckets, requests, strict=True))
-            if not all(t is not None and t <= now for t in ready):
+        table = self._buckets
+        buckets = []
+        quick = True
+        for request in requests:
+            bucket = table.get(request.key) or self._bucket(request)
+            buckets.append(bucket)
+            quick = quick and bucket.quick(request)
+        if quick:
+            # The hot path: no clock, no probe, no cap.
+            marks = []
+            for bucket in buckets:
+                marks.append(bucket.granted - bucket.open)
+                bucket.open += 1
+                bucket.granted += 1
+            return Grant(tuple(requests), (False,) * len(buckets), tuple(marks))
+        now = self._now()
+        ready = tuple(b.ready(now, r) for b, r in zip(buckets, requests, strict=True))
+        for when in ready:
+            if when is None or when > now:
                 return Blocked(ready)
         taken = [b.take(r, now) for b, r in zip(buckets, requests, strict=True)]
         return Grant(tuple(requests), tuple(t[0] for t in taken), tuple(t[1] for t in taken))

@@ -355,7 +355,8 @@ async def test_slow_start_learns_a_smaller_limit_from_the_probe() -> None:
     async with anyio.create_task_group() as tg:
         for _ in range(5):
             tg.start_soon(one)
-    assert [0.0, 0.5, 0.5] == sends[:3]
+    # The probe, one more, then the window's last slot alone (it may collide with another user).
+    assert [0.0, 0.5, 1.0] == sends[:3]
     assert sends[3] >= PERIOD
 
 
