@@ -44,6 +44,12 @@ KINDS = {
 }
 DOCUMENT_GROUPS = {"low_latency_documents", "high_latency_documents"}
 PRIVILEGES_ID = "api_entreprise_privileges"
+#: Deprecated operations whose successor lives under another path (the RNA moved to
+#: the DJEPVA's API Association, which serves the association and its documents).
+SUCCESSORS = {
+    "api_entreprise_v3_mi_associations": "api_entreprise_v4_mi_unites_legales",
+    "api_entreprise_v3_mi_documents_associations": "api_entreprise_v4_mi_unites_legales",
+}
 
 
 def _load(shared: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -98,7 +104,7 @@ def _entries(spec: dict[str, Any], throttle: dict[str, Any]) -> list[dict[str, A
         names = {p["name"] for p in params}
         successor = None
         if op.get("deprecated"):
-            candidate = op_id.replace("_v3_", "_v4_")
+            candidate = SUCCESSORS.get(op_id, op_id.replace("_v3_", "_v4_"))
             successor = candidate if candidate in ids and candidate != op_id else None
         maint = op.get("x-maintenances")
         is_document = group in DOCUMENT_GROUPS or "document_url" in json.dumps(
