@@ -1,0 +1,764 @@
+"""The ``apientreprise`` command (``cli`` extra): demo, batch, call, privileges, emulator.
+
+Parsing is argparse (the standard library is enough for six subcommands);
+display is rich. The token is read from ``API_ENTREPRISE_TOKEN`` or from a
+file (``--token-file``), never from an argument value: argument lists are
+visible to every user of the machine (``ps``, ``/proc``). Every failure ends
+with one line on stderr and an exit code from the table in ``--help``, never
+a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import csv
+import json
+import os
+import pathlib
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import anyio
+
+from ._auth import TokenInfo, fingerprint
+from ._batch import Batch, Input
+from ._catalogue import Endpoint, all_endpoints, get_endpoint
+from ._client import AsyncClient
+from ._errors import (
+    ApiEntrepriseError,
+    ApiError,
+    AuthenticationError,
+    AuthorizationError,
+    InvalidParameterError,
+    NotFoundError,
+    TokenExpiredError,
+    TransportError,
+    UnknownOperationError,
+)
+from ._governor import Governor, Limits
+from .backends import InMemoryBackend
+
+try:
+    from rich import box
+    from rich.console import Console
+    from rich.json import JSON
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+    from rich.text import Text
+
+    _MISSING_EXTRA: str | None = None
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    _MISSING_EXTRA = exc.name or "rich"
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # some inputs of a batch, or the single call, ended in error
+EXIT_USAGE = 2  # argparse's own code for a bad command line
+EXIT_CONFIG = 3  # no token, unreadable file, missing extra, bad option value
+EXIT_AUTH = 4  # the server refused the token (401) or the privilege (403)
+EXIT_UNREACHABLE = 5  # no answer from the server
+EXIT_INTERRUPTED = 130
+
+_EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}    success
+  {EXIT_FAILED}    the call failed, or some inputs of the batch ended in error
+  {EXIT_USAGE}    bad command line
+  {EXIT_CONFIG}    configuration: token, input file, option value, missing extra
+  {EXIT_AUTH}    the server refused the token or a privilege (401, 403)
+  {EXIT_UNREACHABLE}    no answer from the server
+  {EXIT_INTERRUPTED}  interrupted
+
+The token comes from API_ENTREPRISE_TOKEN or --token-file, never from an
+argument. Traceability defaults come from API_ENTREPRISE_RECIPIENT,
+API_ENTREPRISE_CONTEXT and API_ENTREPRISE_OBJECT.
+"""
+
+_DEMO_OPERATION = "api_entreprise_v4_insee_unites_legales"
+_DEMO_RECIPIENT = "13002526500013"
+
+
+class CliError(Exception):
+    """A failure the command reports in one line, with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_CONFIG) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- arguments -------------------------------------------------------------------------
+
+
+def _add_connection(parser: argparse.ArgumentParser, *, traceability: bool = True) -> None:
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="read the token from FILE (default: the API_ENTREPRISE_TOKEN variable)",
+    )
+    parser.add_argument(
+        "--env",
+        choices=("production", "staging"),
+        help="API environment (default: API_ENTREPRISE_ENV, else production)",
+    )
+    parser.add_argument(
+        "--base-url", help="any base URL, e.g. an emulator (default: API_ENTREPRISE_BASE_URL)"
+    )
+    if traceability:
+        parser.add_argument("--recipient", help="SIRET of the administration served")
+        parser.add_argument("--context", help="the business context of the calls")
+        parser.add_argument("--object", help="the file or reason of the calls (50 characters)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="apientreprise",
+        description="API Entreprise from the command line, within its rate limits.",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # or "--token" would quietly mean "--token-file"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=_EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,
+        )
+
+    demo = command("demo", "run a batch against the built-in emulator (no token, no network)")
+    demo.add_argument("--calls", type=int, default=2000, help="inputs to process (2000)")
+    demo.add_argument(
+        "--period", type=float, default=1.0, help="seconds standing for the API's minute (1.0)"
+    )
+    demo.add_argument("--output", metavar="FILE", help="also write the outcomes as JSON lines")
+    demo.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        help="worker tasks (16: in process, the emulator shares the CPU with the client)",
+    )
+    demo.set_defaults(handler=_demo)
+
+    batch = command("batch", "call one operation (or several) for every identifier of a file")
+    batch.add_argument("operation", help="operation id; several separated by commas")
+    batch.add_argument(
+        "--input", required=True, metavar="FILE", help="CSV, TXT (one id a line) or JSONL"
+    )
+    batch.add_argument("--column", help="the CSV column or JSONL key holding the identifier")
+    batch.add_argument(
+        "--output", required=True, metavar="FILE", help="JSON-lines results; rerun to resume"
+    )
+    batch.add_argument("--off-peak", metavar="HH:MM-HH:MM", help="only call in this Paris window")
+    batch.add_argument("--concurrency", type=int, help="worker tasks (default: from the limits)")
+    batch.add_argument("--fsync", action="store_true", help="fsync every line (power-cut safe)")
+    batch.add_argument(
+        "--period",
+        type=float,
+        default=60.0,
+        help="rate-limit period in seconds: 60 for the API, less for a scaled emulator",
+    )
+    _add_connection(batch)
+    batch.set_defaults(handler=_batch)
+
+    call = command("call", "one call, printed as JSON")
+    call.add_argument("operation", help="operation id (see `apientreprise call --list`)")
+    call.add_argument("id", nargs="?", help="the identifier (SIREN, SIRET...)")
+    call.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="another parameter (repeatable)",
+    )
+    call.add_argument("--list", action="store_true", help="list the operation ids and exit")
+    _add_connection(call)
+    call.set_defaults(handler=_call)
+
+    privileges = command("privileges", "the privileges the server grants the token")
+    _add_connection(privileges, traceability=False)
+    privileges.set_defaults(handler=_privileges)
+
+    info = command("token-info", "subject, expiry and scopes read from the token (offline)")
+    info.add_argument("--token-file", metavar="FILE", help="read the token from FILE")
+    info.set_defaults(handler=_token_info)
+
+    emulator = command("emulator", "serve the API Entreprise emulator on 127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    emulator.add_argument(
+        "--period", type=float, default=60.0, help="rate-limit period in seconds (60)"
+    )
+    emulator.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="register the token in FILE (created with a new test token if absent)",
+    )
+    emulator.add_argument(
+        "--latency", type=float, default=0.0, help="seconds each answer takes (0)"
+    )
+    emulator.set_defaults(handler=_emulator)
+    return parser
+
+
+# -- shared helpers ----------------------------------------------------------------------
+
+
+def _read_token(token_file: str | None) -> str:
+    if token_file:
+        try:
+            token = pathlib.Path(token_file).read_text("utf-8").strip()
+        except OSError as exc:
+            raise CliError(f"cannot read the token file {token_file}: {exc.strerror}") from None
+        if not token:
+            raise CliError(f"the token file {token_file} is empty")
+        return token
+    token = os.environ.get("API_ENTREPRISE_TOKEN", "").strip()
+    if not token:
+        raise CliError("no token: set API_ENTREPRISE_TOKEN or pass --token-file FILE")
+    return token
+
+
+def _traceability(args: argparse.Namespace, name: str) -> str | None:
+    value = getattr(args, name, None) or os.environ.get(f"API_ENTREPRISE_{name.upper()}")
+    return value or None
+
+
+def _client(args: argparse.Namespace, **extra: Any) -> AsyncClient:
+    try:
+        return AsyncClient(
+            _read_token(args.token_file),
+            environment=args.env,
+            base_url=args.base_url,
+            recipient=_traceability(args, "recipient"),
+            context=_traceability(args, "context"),
+            object=_traceability(args, "object"),
+            **extra,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False)
+
+
+def _operation(name: str) -> Endpoint:
+    try:
+        return get_endpoint(name)
+    except UnknownOperationError:
+        close = [e.operation_id for e in all_endpoints() if name in e.operation_id][:3]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise CliError(
+            f"unknown operation {name!r}{hint}; see `apientreprise call --list`"
+        ) from None
+
+
+# -- inputs --------------------------------------------------------------------------------
+
+
+def _count_inputs(path: pathlib.Path) -> int:
+    """Lines holding an input (a quick first pass, for the progress bar's total)."""
+    with path.open("rb") as lines:
+        count = sum(1 for line in lines if line.strip() and not line.startswith(b"#"))
+    return max(0, count - 1) if path.suffix.lower() == ".csv" else count
+
+
+def _read_inputs(path: pathlib.Path, column: str | None) -> Iterator[Input]:
+    """Inputs of a CSV, JSONL or text file, one at a time (never the whole file)."""
+    suffix = path.suffix.lower()
+    with path.open(encoding="utf-8-sig", newline="") as stream:
+        if suffix == ".csv":
+            sample = stream.read(4096)
+            stream.seek(0)
+            try:
+                dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t|")
+            except csv.Error:
+                dialect = csv.excel
+            rows = csv.DictReader(stream, dialect=dialect)
+            fields = rows.fieldnames or []
+            name = column or _guess_column(fields)
+            if name not in fields:
+                raise CliError(f"{path}: no column {name!r} (columns: {', '.join(fields)})")
+            for row in rows:
+                yield (row.get(name) or "").strip()
+        elif suffix in (".jsonl", ".ndjson"):
+            for number, line in enumerate(stream, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except ValueError:
+                    raise CliError(f"{path}: line {number} is not JSON") from None
+                if isinstance(value, dict):
+                    if column is not None:
+                        yield str(value.get(column, ""))
+                    else:
+                        yield value
+                else:
+                    yield str(value)
+        else:
+            for line in stream:
+                value = line.strip()
+                if value and not value.startswith("#"):
+                    yield value
+
+
+def _guess_column(fields: Sequence[str]) -> str:
+    lowered = {f.lower().strip(): f for f in fields}
+    for name in ("siret", "siren", "id", "identifiant"):
+        if name in lowered:
+            return lowered[name]
+    if not fields:
+        raise CliError("the CSV file has no header line")
+    return fields[0]
+
+
+# -- progress and summary -------------------------------------------------------------
+
+
+class _RateColumn(ProgressColumn):
+    """Outcomes per second, as rich estimates it over the last seconds."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("  --/s" if speed is None else f"{speed:6.1f}/s", style="cyan")
+
+
+class _Watch:
+    """A progress bar fed by a running batch (outcomes, governor waits, 429s, pauses)."""
+
+    def __init__(self, console: Console, batch: Batch, total: int | None, label: str) -> None:
+        self.batch = batch
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            _RateColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+            refresh_per_second=8,
+        )
+        self.task = self.progress.add_task(label, total=total, status="")
+
+    def refresh(self, advance: int = 0) -> None:
+        counters = self.batch.governor_counters()
+        stats = self.batch.stats
+        status = f"waits {counters.waits}  429 {counters.rate_limited}"
+        if stats.closed_until is not None:
+            status += f"  [yellow]paused until {stats.closed_until:%H:%M} ({stats.closed_reason})"
+        self.progress.update(self.task, advance=advance, status=status)
+
+    async def tick(self) -> None:
+        """Keep the status fresh while no outcome arrives (a long pause)."""
+        while True:
+            await anyio.sleep(0.5)
+            self.refresh()
+
+
+def _summary(batch: Batch, elapsed: float, limit: int, period: float, title: str) -> Table:
+    stats = batch.stats
+    counters = batch.governor_counters()
+    rate = counters.grants / elapsed if elapsed > 0 else 0.0
+    allowed = limit / period
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("inputs done", f"{stats.done:,}")
+    if stats.skipped:
+        table.add_row("skipped (already in the output)", f"{stats.skipped:,}")
+    table.add_row("  found", f"{stats.ok:,}")
+    table.add_row("  not found (404)", f"{stats.not_found:,}")
+    table.add_row("  invalid, refused locally", f"{stats.invalid:,}")
+    table.add_row("  errors", f"{stats.errors:,}")
+    table.add_row("calls sent", f"{counters.grants:,}")
+    table.add_row("elapsed", f"{elapsed:.1f} s")
+    table.add_row(
+        "throughput",
+        f"{rate:.1f} calls/s = {rate / allowed:.0%} of the limit ({limit} per {period:g} s)",
+    )
+    average = counters.wait_time / counters.waits if counters.waits else 0.0
+    table.add_row(
+        "waiting for the governor",
+        f"{counters.waits:,} calls queued, {average:.2f} s each on average",
+    )
+    if stats.paused:
+        table.add_row("paused (off-peak, maintenance)", f"{stats.paused:.0f} worker-seconds")
+    table.add_row("429 received", f"{counters.rate_limited}")
+    return table
+
+
+async def _watch_batch(console: Console, batch: Batch, total: int | None, label: str) -> float:
+    """Consume a batch under a progress bar; return the elapsed seconds."""
+    started = time.monotonic()
+    watch = _Watch(console, batch, total, label)
+    with watch.progress:
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch.tick)
+            async with batch as outcomes:
+                async for _outcome in outcomes:
+                    watch.refresh(advance=1)
+            group.cancel_scope.cancel()
+        watch.refresh()
+    return time.monotonic() - started
+
+
+def _bucket_limit(governor: Governor, operations: Sequence[str]) -> int:
+    limits = governor.limits
+    buckets = dict(limits.bucket_for(get_endpoint(name)) for name in operations)
+    return min(sum(buckets.values()), limits.ip)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .testing import Emulator
+
+    if args.calls < 1 or args.period <= 0:
+        raise CliError("--calls and --period must be positive")
+    token = _test_token("demo")
+    emulator = Emulator(period=args.period)
+    emulator.add_token(token)
+    sirens = _demo_inputs(emulator, args.calls)
+    console = _console()
+    console.print(
+        f"[bold]apientreprise demo[/]: {args.calls:,} SIRENs through {_DEMO_OPERATION}, "
+        f"against the built-in emulator with a {args.period:g} s 'minute' "
+        "(no token, no network)."
+    )
+    console.print(
+        "The JSON group allows 250 calls per period and per token; the governor keeps "
+        "every window under it.\n"
+    )
+
+    async def run() -> tuple[Batch, float]:
+        governor = Governor(Limits(period=args.period), backend=InMemoryBackend())
+        async with AsyncClient(
+            token,
+            base_url="https://entreprise.api.gouv.fr",
+            transport=emulator.transport(),
+            governor=governor,
+            recipient=_DEMO_RECIPIENT,
+            context="Démonstration",
+            object="apientreprise demo",
+        ) as client:
+            batch = client.batch(
+                _DEMO_OPERATION, sirens, output=args.output, concurrency=args.concurrency
+            )
+            elapsed = await _watch_batch(console, batch, len(sirens), "demo")
+            return batch, elapsed
+
+    batch, elapsed = anyio.run(run)
+    console.print(_summary(batch, elapsed, 250, args.period, "Summary"))
+    heaviest = emulator.max_calls_in_any_window()
+    console.print(
+        f"The emulator saw at most {heaviest} calls in any {args.period:g} s span "
+        f"(limit 250); {len(emulator.calls(status=429))} answers were 429."
+    )
+    return EXIT_OK
+
+
+def _test_token(subject: str) -> str:
+    """A JWT-shaped token for the emulator: fake, unsigned, worth nothing elsewhere."""
+
+    def part(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    now = int(time.time())
+    claims = {"sub": subject, "iat": now, "exp": now + 365 * 86400, "jti": secrets.token_hex(8)}
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.ZW11bGF0b3I"
+
+
+def _luhn_complete(prefix: str) -> str:
+    """``prefix`` plus the digit that makes it pass the Luhn check."""
+    for digit in "0123456789":
+        candidate = prefix + digit
+        total = 0
+        for position, char in enumerate(reversed(candidate)):
+            value = int(char) * (2 if position % 2 else 1)
+            total += value - 9 if value > 9 else value
+        if total % 10 == 0:
+            return candidate
+    raise AssertionError("unreachable: one digit always completes a Luhn number")
+
+
+_DEMO_WORDS = (
+    ("BOULANGERIE", "TRANSPORTS", "ATELIERS", "MENUISERIE", "IMPRIMERIE", "GARAGE", "CABINET"),
+    ("DU LAC", "DES TILLEULS", "DE LA VALLEE", "DU PORT", "DES CORDELIERS", "DU MOULIN"),
+)
+
+
+def _demo_inputs(emulator: Any, calls: int) -> list[str]:
+    """Fictional SIRENs: a fifth known to the emulator, 1 % malformed, the rest unknown.
+
+    Known companies are registered as cases cloned from a built-in answer;
+    their number is capped because the emulator matches cases one by one.
+    """
+    from .testing import COMPANIES
+    from .testing._data import builtin_answer
+
+    endpoint = get_endpoint(_DEMO_OPERATION)
+    template = builtin_answer(
+        endpoint, {"siren": COMPANIES[0].siren}, "https://entreprise.api.gouv.fr", _no_document
+    )
+    assert template is not None
+    known = min(calls // 5, 400)
+    sirens: list[str] = []
+    for n in range(calls):
+        if n % 100 == 99:
+            sirens.append(f"{n:09d}"[:8] + "X")  # malformed: refused before any call
+            continue
+        siren = _luhn_complete(f"{(90_000_000 + n * 7919) % 100_000_000:08d}")
+        sirens.append(siren)
+        if n % 5 == 0 and len(sirens) // 5 < known:
+            payload = copy.deepcopy(template[1])
+            words = _DEMO_WORDS[0][n % 7], _DEMO_WORDS[1][n % 6]
+            data = payload["data"]
+            data["siren"] = siren
+            data["siret_siege_social"] = _luhn_complete(siren + "0001")
+            data["personne_morale_attributs"] = {"raison_sociale": " ".join(words), "sigle": None}
+            emulator.add_case(_DEMO_OPERATION, {"siren": siren}, 200, payload)
+    return sirens
+
+
+def _no_document(title: str, subject: str) -> tuple[str, int]:
+    raise AssertionError("the demo operation has no document")
+
+
+def _batch(args: argparse.Namespace) -> int:
+    operations = [name.strip() for name in args.operation.split(",") if name.strip()]
+    for name in operations:
+        _operation(name)
+    path = pathlib.Path(args.input)
+    if not path.is_file():
+        raise CliError(f"no input file {path}")
+    if args.period <= 0:
+        raise CliError("--period must be positive")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise CliError("--concurrency must be at least 1")
+    total = _count_inputs(path) * len(operations)
+    console = _console()
+    governor = Governor(Limits(period=args.period))
+    client = _client(args, governor=governor)
+
+    async def run() -> tuple[Batch, float]:
+        async with client:
+            try:
+                batch = client.batch(
+                    operations,
+                    _read_inputs(path, args.column),
+                    output=args.output,
+                    off_peak=args.off_peak,
+                    concurrency=args.concurrency,
+                    fsync=args.fsync,
+                )
+            except ValueError as exc:
+                raise CliError(str(exc)) from None
+            left = total  # shown once the output file was read (resume)
+            watch_total = None if not total else left
+            elapsed = await _watch_batch(console, batch, watch_total, "batch")
+            return batch, elapsed
+
+    batch, elapsed = anyio.run(run)
+    limit = _bucket_limit(governor, operations)
+    console.print(_summary(batch, elapsed, limit, args.period, f"Summary → {args.output}"))
+    stats = batch.stats
+    failed = stats.errors + stats.invalid
+    if failed:
+        _fail_line(f"{failed:,} inputs ended in error; see {args.output}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _call(args: argparse.Namespace) -> int:
+    console = _console()
+    if args.list:
+        for endpoint in all_endpoints():
+            console.print(endpoint.operation_id)
+        return EXIT_OK
+    endpoint = _operation(args.operation)
+    params: dict[str, Any] = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--param {item!r}: expected NAME=VALUE")
+        params[name.strip()] = value
+    if args.id is not None:
+        if not endpoint.path_params:
+            raise CliError(f"{endpoint.operation_id} takes no identifier")
+        params.setdefault(endpoint.path_params[0].name, args.id)
+    client = _client(args)
+
+    async def run() -> Any:
+        async with client:
+            return (await client.call(endpoint.operation_id, **params)).raw
+
+    body = anyio.run(run)
+    _print_json(console, body)
+    return EXIT_OK
+
+
+def _print_json(console: Console, body: Any) -> None:
+    text = json.dumps(body, ensure_ascii=False, indent=2)
+    if console.is_terminal:
+        console.print(JSON(text))
+    else:
+        print(text)  # plain JSON when piped, for jq and friends
+
+
+def _privileges(args: argparse.Namespace) -> int:
+    client = _client(args)
+
+    async def run() -> tuple[str, ...]:
+        async with client:
+            return (await client.privileges()).data.privileges
+
+    granted = anyio.run(run)
+    console = _console()
+    table = Table(title=f"{len(granted)} privileges", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("privilege")
+    for name in granted:
+        table.add_row(name)
+    console.print(table)
+    return EXIT_OK
+
+
+def _token_info(args: argparse.Namespace) -> int:
+    token = _read_token(args.token_file)
+    info = TokenInfo.from_jwt(token)
+    console = _console()
+    table = Table(box=box.SIMPLE_HEAD, show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("fingerprint", fingerprint(token)[:16])
+    if info is None:
+        table.add_row("format", "not a JWT: nothing more can be read offline")
+        console.print(table)
+        return EXIT_OK
+    table.add_row("subject", info.subject or "-")
+    table.add_row("token id", info.token_id or "-")
+    if info.issued_at is not None:
+        table.add_row("issued", f"{info.issued_at:%Y-%m-%d %H:%M} UTC")
+    left = info.expires_in()
+    if info.expires_at is None or left is None:
+        table.add_row("expires", "never (no exp claim)")
+    else:
+        days = left.total_seconds() / 86400
+        state = "[red]expired" if days <= 0 else f"in {days:.0f} days"
+        table.add_row("expires", f"{info.expires_at:%Y-%m-%d %H:%M} UTC ({state})")
+    table.add_row("scopes", "\n".join(info.scopes) or "-")
+    console.print(table)
+    return EXIT_FAILED if info.is_expired() else EXIT_OK
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from .testing import Emulator, Faults
+
+    if args.period <= 0 or args.latency < 0:
+        raise CliError("--period must be positive and --latency not negative")
+    emulator = Emulator(period=args.period, faults=Faults(latency=args.latency))
+    token_source = "API_ENTREPRISE_TOKEN"
+    if args.token_file:
+        path = pathlib.Path(args.token_file)
+        if not path.exists():
+            path.write_text(_test_token("emulator") + "\n", "utf-8")
+            path.chmod(0o600)
+        token = _read_token(args.token_file)
+        token_source = str(path)
+    else:
+        token = _read_token(None)
+    emulator.add_token(token)
+    try:
+        server = emulator.serve(port=args.port)
+    except OSError as exc:
+        raise CliError(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror}") from None
+    print(f"API Entreprise emulator on {server.url}", flush=True)
+    print(
+        f"token: from {token_source}; use API_ENTREPRISE_BASE_URL={server.url}; Ctrl-C stops",
+        flush=True,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return EXIT_OK
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+def _fail_line(message: str) -> None:
+    print(f"apientreprise: {message}", file=sys.stderr, flush=True)
+
+
+def _api_failure(exc: ApiEntrepriseError) -> tuple[str, int]:
+    """One line and an exit code for an error of the library."""
+    if isinstance(exc, AuthenticationError | AuthorizationError | TokenExpiredError):
+        code = EXIT_AUTH
+    elif isinstance(exc, TransportError):
+        code = EXIT_UNREACHABLE
+    elif isinstance(exc, InvalidParameterError):
+        code = EXIT_CONFIG
+    else:
+        code = EXIT_FAILED
+    if isinstance(exc, ApiError):
+        label = "not found" if isinstance(exc, NotFoundError) else f"HTTP {exc.http_status}"
+        parts = [exc.first_error_code, exc.first_error_detail or exc.first_error_title]
+        detail = " ".join(p for p in parts if p) or str(exc)
+        return f"{label}: {detail}", code
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {first_line}", code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (the console script exits with it)."""
+    if _MISSING_EXTRA is not None:
+        _fail_line(
+            f"the command line needs {_MISSING_EXTRA}: pip install 'apientreprise_async[cli]'"
+        )
+        return EXIT_CONFIG
+    args = _parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except CliError as exc:
+        _fail_line(str(exc))
+        return exc.code
+    except ApiEntrepriseError as exc:
+        message, code = _api_failure(exc)
+        _fail_line(message)
+        return code
+    except KeyboardInterrupt:
+        _fail_line("interrupted")
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        _fail_line(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        return EXIT_CONFIG
