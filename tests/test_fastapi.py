@@ -251,6 +251,7 @@ async def test_lifespan_shares_one_client_and_closes_it(monkeypatch: pytest.Monk
             first = await browser.get("/who")
             await browser.get("/who")
         assert {"max_wait": 3.0} == first.json()
+        assert state is not None
         assert seen[0] is seen[1] is state[af.STATE_KEY]
     assert getattr(app.state, af.STATE_KEY) is None
     with pytest.raises(RuntimeError, match="closed"):
@@ -324,7 +325,9 @@ async def test_specific_origin_cors() -> None:
 
 
 def _api(cls: type[Any], status: int, **kw: Any) -> Any:
-    errors = [{"code": "99999", "title": "secret upstream title", "detail": "secret detail"}]
+    errors: list[dict[str, Any]] = [
+        {"code": "99999", "title": "secret upstream title", "detail": "secret detail"}
+    ]
     if "retry_in" in kw:
         errors[0]["meta"] = {"retry_in": kw.pop("retry_in")}
     return cls(
@@ -623,7 +626,7 @@ async def test_no_proxy_response_carries_the_token(caplog: pytest.LogCaptureFixt
     emulator = Emulator()
     emulator.add_token(TOKEN, limits={"json_resources_entreprise": 3})
     emulator.add_case(ETAB, {"siret": "79420386900019"}, 502, {"errors": [{"code": "01000"}]})
-    operations = [UL, ProxyOperation(ETAB, fields=["siret", "adresse"]), RGE]
+    operations: list[str | ProxyOperation] = [UL, ProxyOperation(ETAB, fields=["siret"]), RGE]
     settings = ApiEntrepriseSettings(token=TOKEN, recipient=RECIPIENT, context="c", max_wait=0)
     async with running(
         operations,
