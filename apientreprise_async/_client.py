@@ -23,7 +23,7 @@ from ._auth import AuthStrategy, BearerToken, TokenInfo
 from ._batch import Batch, BatchOptions, Inputs, Operations
 from ._catalogue import DOWNLOAD_ENDPOINT, Endpoint, IdKind, TimeoutClass, get_endpoint, match_path
 from ._circuit import Circuit, CircuitPolicy
-from ._coalesce import Coalescer
+from ._coalesce import Coalescer, InFlight
 from ._config import USE_DEFAULT, Settings, Timeouts, UseDefault, resolve_base_url
 from ._convert import structure
 from ._errors import (
@@ -107,6 +107,17 @@ class _Trace:
         self.wait = 0.0
         self.sent = False
         self.span: Any = None
+
+
+_TRACEABILITY = ("recipient", "context", "object")
+
+
+def _server_identity(token: str, request: httpx.Request) -> tuple[str, str]:
+    """What the server compares to detect a duplicate: path and non-traceability parameters."""
+    url = request.url
+    for name in _TRACEABILITY:
+        url = url.copy_remove_param(name)
+    return token, str(url)
 
 
 class _Silence(TransportError):
@@ -229,6 +240,7 @@ class AsyncClient(Resources):
             )
         self._circuit = Circuit(circuit) if circuit is not None else None
         self._coalescer: Coalescer[Response[Any]] = Coalescer()
+        self._in_flight = InFlight()
         if audit_errors not in ("raise", "log"):
             raise ValueError("audit_errors must be 'raise' or 'log'")
         self._audit = audit
@@ -318,6 +330,7 @@ class AsyncClient(Resources):
         clone = AsyncClient.__new__(AsyncClient)
         clone._circuit = self._circuit
         clone._coalescer = self._coalescer
+        clone._in_flight = self._in_flight
         clone._audit = self._audit
         clone._audit_errors = self._audit_errors
         clone._stats = self._stats
@@ -949,6 +962,19 @@ class AsyncClient(Resources):
         return response
 
     async def _exchange(
+        self,
+        endpoint: Endpoint,
+        request: httpx.Request,
+        max_wait: float | None,
+        url: str,
+        op_id: str | None,
+        trace: _Trace,
+    ) -> Response[Any]:
+        # Twins differing only by traceability take turns: the server would answer 409.
+        async with self._in_flight.turn(_server_identity(self._auth.fingerprint, request)):
+            return await self._exchange_now(endpoint, request, max_wait, url, op_id, trace)
+
+    async def _exchange_now(
         self,
         endpoint: Endpoint,
         request: httpx.Request,

@@ -9,7 +9,8 @@ an event; if the leader is cancelled, one of the waiters takes over.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -78,3 +79,35 @@ class Coalescer(Generic[T]):
         finally:
             del self._flights[key]
             flight.done.set()
+
+
+class InFlight:
+    """One request at a time per server-side identity (token, path, non-traceability params).
+
+    The server answers 409 while an identical request is being processed,
+    traceability aside. Calls that differ only by ``object`` or ``context``
+    cannot share an answer (each must be audited as asked), so they take
+    turns instead: the second leaves when the first has its answer.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[anyio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def turn(self, key: Hashable) -> AsyncIterator[None]:
+        """Hold the turn for ``key`` (FIFO among waiters)."""
+        lock, users = self._locks.get(key) or (anyio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def busy(self) -> int:
+        """Identities with a request in flight or waiting."""
+        return len(self._locks)
