@@ -245,27 +245,32 @@ class _Queue:
 class _Waiter:
     """One queued call."""
 
-    __slots__ = ("bucket_entry", "ip_entry", "kicked", "route", "scope")
+    __slots__ = ("bucket_entry", "event", "for_release", "ip_entry", "kicked", "route", "scope")
 
     def __init__(self, route: _Route) -> None:
         self.route = route
         self.scope: anyio.CancelScope | None = None
+        self.event: anyio.Event | None = None
         self.kicked = _INF
+        # Sleeping until a release (its own deadline, if any, is only max_wait's).
+        self.for_release = False
         self.bucket_entry: _Entry | None = None
         self.ip_entry: _Entry | None = None
 
     def wake_at(self, when: float) -> None:
         """Make the waiter wake no later than ``when``."""
         scope = self.scope
-        if scope is None:
+        if scope is None or self.event is None:
             # Not asleep (between two awaits): it reads this before sleeping again.
             self.kicked = min(self.kicked, when)
+        elif when == -_INF or when <= anyio.current_time():
+            self.event.set()  # wake now: far cheaper than a deadline's cancellation
         elif when < scope.deadline:
             scope.deadline = when
 
     def asleep_on_release(self) -> bool:
         """Asleep with no wake-up time: only a release can move it."""
-        return self.scope is not None and self.scope.deadline == _INF
+        return self.scope is not None and self.for_release
 
 
 # Governors sharing a backend share its queues, so a release by one wakes the other's waiters.
@@ -705,6 +710,7 @@ class Governor:
         self, waiter: _Waiter, until: float | None, deadline: float | None, endpoint: Endpoint
     ) -> None:
         when = _INF if until is None else until
+        waiter.for_release = when == _INF
         if deadline is not None and when >= deadline:
             now = anyio.current_time()
             if now >= deadline:
@@ -720,12 +726,16 @@ class Governor:
         if waiter.kicked != _INF:
             when = min(when, waiter.kicked)
             waiter.kicked = _INF
+            if when <= anyio.current_time():
+                return  # woken before it fell asleep: look again at once
+        event = waiter.event = anyio.Event()
         with anyio.CancelScope(deadline=when) as scope:
             waiter.scope = scope
             try:
-                await anyio.sleep_forever()
+                await event.wait()
             finally:
                 waiter.scope = None
+                waiter.event = None
         self._wakeups += 1
 
     async def _finish(self, permit: Permit, grant: Grant) -> None:
