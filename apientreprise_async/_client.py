@@ -361,6 +361,11 @@ class AsyncClient(Resources):
         return self._stats.snapshot(self._governor.snapshot())
 
     @property
+    def token_fingerprint(self) -> str:
+        """A keyed hash naming the token in logs and rate buckets (never the token)."""
+        return self._auth.fingerprint
+
+    @property
     def token_info(self) -> TokenInfo | None:
         """Expiry, subject and scopes read from the token (``None`` if not a JWT)."""
         return self._auth.token_info

@@ -124,6 +124,7 @@ class JsonLinesAuditSink:
                 os.fsync(self._file.fileno())
 
     def close_unlocked(self) -> None:
+        """Close the file; the caller holds the lock."""
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -132,6 +133,12 @@ class JsonLinesAuditSink:
         """Close the file (a later record reopens it)."""
         with self._lock:
             self.close_unlocked()
+
+    def __enter__(self) -> JsonLinesAuditSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class LoggingAuditSink:

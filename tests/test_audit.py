@@ -102,6 +102,7 @@ async def test_one_record_per_attempt_over_1000_calls(tmp_path: pathlib.Path) ->
     emulator = Emulator(faults=Faults(share_502=0.1, retry_in=1.0), seed=4)
     emulator.add_token(TOKEN)
     path = tmp_path / "trail.jsonl"
+    sink = JsonLinesAuditSink(path)
     async with AsyncClient(
         token=TOKEN,
         transport=emulator.transport(),
@@ -109,7 +110,7 @@ async def test_one_record_per_attempt_over_1000_calls(tmp_path: pathlib.Path) ->
         recipient=RECIPIENT,
         context="audit",
         object="base",
-        audit=JsonLinesAuditSink(path),
+        audit=sink,
         retry=RetryPolicy(max_attempts=3, deadline=None, seed=9),
         user="agent-7",
     ) as client:
@@ -129,6 +130,7 @@ async def test_one_record_per_attempt_over_1000_calls(tmp_path: pathlib.Path) ->
         with pytest.raises(InvalidSirenError):
             await client.call(OP, siren="123456789", object="bad")
         stats = client.stats()
+    sink.close()
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     sent = [x for x in lines if x["outcome"] != "refused"]
     assert len(emulator.requests) == len(sent)  # one record per attempt that reached the server
@@ -169,15 +171,18 @@ async def test_coalesced_calls_have_their_own_record() -> None:
     emulator = Emulator(faults=Faults(latency=0.2))
     emulator.add_token(TOKEN)
     kept: list[AuditRecord] = []
-    async with AsyncClient(
-        token=TOKEN,
-        transport=emulator.transport(),
-        base_url="https://emulator.test",
-        recipient=RECIPIENT,
-        context="c",
-        object="o",
-        audit=kept.append,
-    ) as client, anyio.create_task_group() as tg:
+    async with (
+        AsyncClient(
+            token=TOKEN,
+            transport=emulator.transport(),
+            base_url="https://emulator.test",
+            recipient=RECIPIENT,
+            context="c",
+            object="o",
+            audit=kept.append,
+        ) as client,
+        anyio.create_task_group() as tg,
+    ):
         for _ in range(3):
             tg.start_soon(lambda: client.call(OP, siren=SIRENS[0]))
     assert 3 == len(kept)
