@@ -11,6 +11,7 @@ from ._auth import TokenInfo as TokenInfo
 from ._catalogue import Endpoint as Endpoint
 from ._catalogue import all_endpoints as all_endpoints
 from ._catalogue import get_endpoint as get_endpoint
+from ._circuit import CircuitPolicy as CircuitPolicy
 from ._client import DOCUMENT_CONTENT_TYPES as DOCUMENT_CONTENT_TYPES
 from ._client import AsyncClient as AsyncClient
 from ._client import TokenExpiryWarning as TokenExpiryWarning
@@ -46,6 +47,8 @@ from ._identifiers import is_valid_siren as is_valid_siren
 from ._identifiers import is_valid_siret as is_valid_siret
 from ._response import RateLimit as RateLimit
 from ._response import Response as Response
+from ._retry import RetryPolicy as RetryPolicy
+from ._telemetry import Stats as Stats
 
 __all__ = [
     "DOCUMENT_CONTENT_TYPES",
@@ -56,6 +59,7 @@ __all__ = [
     "AuthenticationError",
     "AuthorizationError",
     "BearerToken",
+    "CircuitPolicy",
     "ClientError",
     "ConflictError",
     "Endpoint",
@@ -74,8 +78,10 @@ __all__ = [
     "RateLimit",
     "RateLimitError",
     "Response",
+    "RetryPolicy",
     "ServerError",
     "ServiceUnreachable",
+    "Stats",
     "Timeouts",
     "TokenExpiredError",
     "TokenExpiryWarning",
