@@ -45,7 +45,7 @@ from ._maintenance import maintenance_remaining
 from ._response import Response, parse_rate_limit
 from ._retry import Attempt, RetryPolicy, annotate, describe
 from ._telemetry import Stats, StatsCollector, Telemetry
-from .audit import AuditErrors, AuditRecord, AuditSink, emit, entity_of
+from .audit import AuditErrors, AuditRecord, AuditSink, _emit, _entity_of
 from .records.api_entreprise import Privileges
 
 __all__ = ["DOCUMENT_CONTENT_TYPES", "AsyncClient", "TokenExpiryWarning"]
@@ -715,7 +715,7 @@ class AsyncClient(Resources):
         s = self._settings
         trace = _Trace(
             endpoint.operation_id,
-            entity_of(path_values),
+            _entity_of(path_values),
             recipient if recipient is not None else s.recipient,
             context if context is not None else s.context,
             object_ if object_ is not None else s.object,
@@ -846,7 +846,7 @@ class AsyncClient(Resources):
     def _keep(self, record: AuditRecord, trace: _Trace) -> None:
         self._stats.add(record)
         self._telemetry.record(record, trace.span)
-        emit(self._audit, record, self._audit_errors, logger)
+        _emit(self._audit, record, self._audit_errors, logger)
 
     async def _attempts(
         self,
@@ -994,8 +994,8 @@ class AsyncClient(Resources):
         ) as permit:
             started = anyio.current_time()
             trace.wait = started - asked
+            permit.sending()  # may raise if a 429 paused the bucket since the grant
             trace.sent = True
-            permit.sending()
             try:
                 answer = await self._http.send(request)
             except httpx.PoolTimeout as exc:

@@ -20,6 +20,7 @@ import attrs
 
 __all__ = [
     "AuditError",
+    "AuditErrors",
     "AuditRecord",
     "AuditSink",
     "JsonLinesAuditSink",
@@ -167,7 +168,7 @@ class LoggingAuditSink:
 AuditErrors = Literal["raise", "log"]
 
 
-def emit(
+def _emit(
     sink: AuditSink | None, record: AuditRecord, policy: AuditErrors, log: logging.Logger
 ) -> None:
     """Give ``record`` to ``sink``; on failure raise :class:`AuditError` or log, per ``policy``."""
@@ -189,7 +190,7 @@ def emit(
         )
 
 
-def entity_of(path_values: Mapping[str, Any]) -> str | None:
+def _entity_of(path_values: Mapping[str, Any]) -> str | None:
     """The identifier a call is about: its first path parameter."""
     for value in path_values.values():
         return None if value is None else str(value)
