@@ -811,3 +811,18 @@ def _queues_for(backend: GovernorBackend) -> dict[str, _Queue]:
     if queues is None:
         queues = _QUEUES[backend] = {}
     return queues
+
+
+def wake_waiters(backend: GovernorBackend, key: str) -> None:
+    """Wake the head of ``key``'s queue in every governor of this process using ``backend``.
+
+    A shared backend calls it when another process released a slot or showed a
+    new limit: the local release that would otherwise wake the head happened
+    elsewhere. The head looks again (one ``acquire``); the others keep sleeping.
+    """
+    queues = _QUEUES.get(backend)
+    queue = None if queues is None else queues.get(key)
+    if queue is not None and queue.size:
+        head = queue.head()
+        if head is not None:
+            head.wake_at(-_INF)
