@@ -336,12 +336,16 @@ def _guess_column(fields: Sequence[str]) -> str:
 # -- progress and summary -------------------------------------------------------------
 
 
-class _RateColumn(ProgressColumn):
+def _rate_column() -> ProgressColumn:
     """Outcomes per second, as rich estimates it over the last seconds."""
 
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("  --/s" if speed is None else f"{speed:6.1f}/s", style="cyan")
+    # Defined here, not at import time, so a missing rich is reported by main().
+    class RateColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("  --/s" if speed is None else f"{speed:6.1f}/s", style="cyan")
+
+    return RateColumn()
 
 
 class _Watch:
@@ -354,7 +358,7 @@ class _Watch:
             BarColumn(),
             MofNCompleteColumn(),
             TaskProgressColumn(),
-            _RateColumn(),
+            _rate_column(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"),
@@ -745,7 +749,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"the command line needs {_MISSING_EXTRA}: pip install 'apientreprise_async[cli]'"
         )
         return EXIT_CONFIG
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--token" or a.startswith("--token=") for a in arguments):
+        # Refused before argparse, whose error message would echo the value.
+        _fail_line(
+            "the token is never an argument (other users can read argument lists): "
+            "set API_ENTREPRISE_TOKEN or pass --token-file FILE"
+        )
+        return EXIT_USAGE
+    args = _parser().parse_args(arguments)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

@@ -1,0 +1,247 @@
+"""The `apientreprise` command, run as a subprocess against the emulator served on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from apientreprise_async.testing import COMPANIES, Emulator, Faults
+
+from .conftest import RECIPIENT, TOKEN
+
+UL = "api_entreprise_v4_insee_unites_legales"
+KNOWN = [c.siren for c in COMPANIES]
+
+
+def luhn(prefix: str) -> str:
+    """``prefix`` completed with its Luhn digit."""
+    for digit in "0123456789":
+        total = 0
+        for position, char in enumerate(reversed(prefix + digit)):
+            value = int(char) * (2 if position % 2 else 1)
+            total += value - 9 if value > 9 else value
+        if total % 10 == 0:
+            return prefix + digit
+    raise AssertionError
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Emulator, str]]:
+    """An emulator (60 s period, 20 ms answers) on loopback, knowing the test token."""
+    emulator = Emulator(faults=Faults(latency=0.02))
+    emulator.add_token(TOKEN)
+    with emulator.serve(port=0) as url:
+        yield emulator, url
+
+
+def env(url: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment of the command: token, base URL and traceability from variables."""
+    out = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("API_ENTREPRISE_") and k != "COLUMNS"
+    }
+    out.update(
+        API_ENTREPRISE_TOKEN=TOKEN,
+        API_ENTREPRISE_RECIPIENT=RECIPIENT,
+        API_ENTREPRISE_CONTEXT="tests",
+        API_ENTREPRISE_OBJECT="cli",
+        COLUMNS="120",
+    )
+    if url is not None:
+        out["API_ENTREPRISE_BASE_URL"] = url
+    out.update(extra)
+    return out
+
+
+def cli(
+    *args: str, environ: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m apientreprise_async ARGS` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "apientreprise_async", *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def lines_of(path: pathlib.Path) -> list[dict[str, Any]]:
+    """The outcome lines of a batch output."""
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+
+
+def test_demo_runs_without_token_or_network() -> None:
+    """The README's main command: a batch against the in-process emulator, 0 429."""
+    done = cli("demo", "--calls", "300", environ=env(API_ENTREPRISE_TOKEN=""), timeout=60)
+    assert 0 == done.returncode, done.stderr
+    assert "429 received" in done.stdout
+    assert "0 answers were 429" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_batch_csv_writes_every_input_once_and_fails_on_invalid(
+    served: tuple[Emulator, str], tmp_path: pathlib.Path
+) -> None:
+    """CSV with a chosen column: one line per input; an invalid one makes the exit code 1."""
+    emulator, url = served
+    source = tmp_path / "in.csv"
+    rows = [*KNOWN, "418166096", "12345678X"]
+    source.write_text("nom;siren\n" + "".join(f"x{i};{s}\n" for i, s in enumerate(rows)), "utf-8")
+    out = tmp_path / "out.jsonl"
+    done = cli(
+        "batch",
+        UL,
+        "--input",
+        str(source),
+        "--column",
+        "siren",
+        "--output",
+        str(out),
+        environ=env(url),
+    )
+    assert 1 == done.returncode, done.stderr
+    assert "1 inputs ended in error" in done.stderr
+    assert "Traceback" not in done.stderr
+    results = {line["input"]: line for line in lines_of(out)}
+    assert sorted(rows) == sorted(results)
+    assert "ok" == results[KNOWN[0]]["status"]
+    assert "not_found" == results["418166096"]["status"]
+    assert "invalid" == results["12345678X"]["status"]
+    assert len(rows) - 1 == len(emulator.requests)  # the malformed one never left
+
+
+def test_batch_resumes_exactly_once_after_sigkill(
+    served: tuple[Emulator, str], tmp_path: pathlib.Path
+) -> None:
+    """kill -9 half way, rerun: every input appears exactly once in the output."""
+    _, url = served
+    total = 160
+    ids = [luhn(f"{30_000_000 + 7919 * n:08d}") for n in range(total)]
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(ids) + "\n", "utf-8")
+    out = tmp_path / "out.jsonl"
+    args = [sys.executable, "-m", "apientreprise_async", "batch", UL]
+    args += ["--input", str(source), "--output", str(out), "--concurrency", "2"]
+    process = subprocess.Popen(
+        args, env=env(url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if out.exists() and out.read_bytes().count(b"\n") >= total // 2:
+                break
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=10)
+    first = out.read_bytes().count(b"\n")
+    assert 0 < first < total, first
+    done = cli("batch", UL, "--input", str(source), "--output", str(out), environ=env(url))
+    assert 0 == done.returncode, done.stderr
+    inputs = [line["input"] for line in lines_of(out)]
+    assert sorted(ids) == sorted(inputs)  # all there, none twice
+    assert all(line["status"] == "not_found" for line in lines_of(out))
+
+
+def test_call_prints_json_and_reports_errors_in_one_line(served: tuple[Emulator, str]) -> None:
+    """`call` prints the answer as JSON; a 404 is one line on stderr and exit code 1."""
+    _, url = served
+    done = cli("call", UL, KNOWN[0], environ=env(url))
+    assert 0 == done.returncode, done.stderr
+    assert KNOWN[0] == json.loads(done.stdout)["data"]["siren"]
+    missing = cli("call", UL, "418166096", environ=env(url))
+    assert 1 == missing.returncode
+    assert 1 == len(missing.stderr.strip().splitlines())
+    assert missing.stderr.startswith("apientreprise: not found")
+
+
+def test_privileges_and_token_info_never_print_the_token(
+    served: tuple[Emulator, str], tmp_path: pathlib.Path
+) -> None:
+    """`privileges` lists them; `token-info` shows expiry and scopes, never the token."""
+    _, url = served
+    listed = cli("privileges", environ=env(url))
+    assert 0 == listed.returncode, listed.stderr
+    assert UL in listed.stdout
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n", "utf-8")
+    info = cli("token-info", "--token-file", str(token_file), environ=env(API_ENTREPRISE_TOKEN=""))
+    assert 0 == info.returncode, info.stderr
+    assert "unites_legales_etablissements_insee" in info.stdout
+    assert "expires" in info.stdout
+    for secret in (TOKEN, TOKEN.split(".")[1], TOKEN.split(".")[2]):
+        assert secret not in info.stdout + info.stderr
+
+
+def test_token_is_never_an_argument_and_missing_token_is_one_line() -> None:
+    """`--token VALUE` is refused (no abbreviation of --token-file); no token: exit 3."""
+    refused = cli("call", UL, KNOWN[0], "--token", TOKEN, environ=env())
+    assert 2 == refused.returncode
+    assert TOKEN not in refused.stderr
+    missing = cli("call", UL, KNOWN[0], environ=env(API_ENTREPRISE_TOKEN=""))
+    assert 3 == missing.returncode
+    assert "apientreprise: no token: set API_ENTREPRISE_TOKEN or pass --token-file FILE\n" == (
+        missing.stderr
+    )
+
+
+def test_unreachable_server_and_bad_input_are_one_line() -> None:
+    """Nothing listening: exit 5; unreadable input: exit 3; never a traceback."""
+    down = cli("call", UL, KNOWN[0], environ=env("http://127.0.0.1:9"), timeout=60)
+    assert 5 == down.returncode, down.stderr
+    assert "Traceback" not in down.stderr
+    assert 1 == len(down.stderr.strip().splitlines())
+    bad = cli("batch", UL, "--input", "/nonexistent.csv", "--output", "x.jsonl", environ=env())
+    assert 3 == bad.returncode
+    assert "apientreprise: no input file /nonexistent.csv\n" == bad.stderr
+
+
+def test_missing_extra_names_the_install_command(tmp_path: pathlib.Path) -> None:
+    """Without rich, the command says which extra to install."""
+    (tmp_path / "rich").mkdir()
+    (tmp_path / "rich" / "__init__.py").write_text("raise ImportError('no rich here')\n", "utf-8")
+    done = cli("demo", environ=env(PYTHONPATH=str(tmp_path)))
+    assert 3 == done.returncode
+    assert "pip install 'apientreprise_async[cli]'" in done.stderr
+
+
+def test_emulator_command_serves_on_loopback(tmp_path: pathlib.Path) -> None:
+    """`emulator --port 0` prints its URL, answers the token it created, stops on SIGTERM."""
+    token_file = tmp_path / "token"
+    command = [sys.executable, "-m", "apientreprise_async", "emulator", "--port", "0"]
+    command += ["--token-file", str(token_file)]
+    with subprocess.Popen(
+        command,
+        env=env(API_ENTREPRISE_TOKEN=""),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            first = process.stdout.readline()
+            url = first.rsplit(" ", 1)[-1].strip()
+            assert url.startswith("http://127.0.0.1:"), first
+            token = token_file.read_text("utf-8").strip()
+            answer = httpx.get(
+                f"{url}/v4/insee/sirene/unites_legales/{KNOWN[0]}",
+                params={"recipient": RECIPIENT, "context": "t", "object": "o"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert 200 == answer.status_code
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert 0 == process.wait(timeout=15)
