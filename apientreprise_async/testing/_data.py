@@ -444,6 +444,257 @@ def _etab(op: str, values: Mapping[str, str], base: str, version: int) -> Answer
     return 200, {"data": _etablissement(company, est, version), "links": links, "meta": meta}
 
 
+def _adresse_association(est: Establishment) -> dict[str, Any]:
+    """An address as the associations directory (RNA / Le Compte Asso) gives it."""
+    return {
+        "complement": None,
+        "numero_voie": est.numero_voie,
+        "type_voie": est.type_voie,
+        "libelle_voie": est.libelle_voie,
+        "distribution": None,
+        "code_insee": est.code_commune,
+        "code_postal": est.code_postal,
+        "commune": est.libelle_commune,
+    }
+
+
+def _association_etablissement(
+    company: Company, est: Establishment, make_document: DocumentMaker | None
+) -> dict[str, Any]:
+    """One établissement of an association; ``make_document=None`` for the open data."""
+    code, _, _, label = est.tranche
+    data: dict[str, Any] = {
+        "siren": company.siren,
+        "siret": est.siret,
+        "actif": est.closed is None,
+        "siege": est.siege,
+        "nom": est.enseigne or company.raison_sociale,
+        "telephone": "0478301294" if est.siege else None,
+        "courriel": "bureau@jardins-croix-rousse.example" if est.siege else None,
+        "date_debut_activite": est.created.isoformat(),
+        "adresse": _adresse_association(est),
+        "activite_principale": {"code": company.naf[0], "libelle": company.naf[1]},
+        "tranche_effectif": {"code": code, "libelle": label},
+        "rhs": [],
+        "comptes": [],
+    }
+    if est.siege:
+        data["rhs"] = [
+            {
+                "annee": "2023",
+                "nombre_benevoles": 27,
+                "nombre_volontaires": 2,
+                "nombre_salaries": 4,
+                "nombre_salaries_etpt": 2.6,
+                "nombre_emplois_aides": 1,
+                "nombre_personnels_detaches": 0,
+                "nombre_adherents": {"hommes": 58, "femmes": 91, "total": 149},
+            },
+            {
+                "annee": "2022",
+                "nombre_benevoles": 22,
+                "nombre_volontaires": 1,
+                "nombre_salaries": 3,
+                "nombre_salaries_etpt": 2.1,
+                "nombre_emplois_aides": 1,
+                "nombre_personnels_detaches": 0,
+                "nombre_adherents": {"hommes": 49, "femmes": 83, "total": 132},
+            },
+        ]
+        data["comptes"] = [
+            {
+                "annee": "2023",
+                "commisaire_aux_comptes": False,
+                "montant_dons": 2350.0,
+                "cause_subventions": "Animation des jardins et ateliers pédagogiques",
+                "montant_subventions": 38500.0,
+                "montant_aides_sur_3ans": 104200.0,
+                "total_charges": 121480.0,
+                "total_resultat": 3215.0,
+                "total_produits": 124695.0,
+            },
+        ]
+    if make_document is None:
+        return data
+    data["representants_legaux"] = (
+        [
+            {
+                "civilite": "Madame",
+                "nom": "BERTHOLON",
+                "prenom": "Maëlle",
+                "fonction": "Présidente",
+                "valideur_cec": True,
+                "publication_internet": False,
+                "telephone": None,
+                "courriel": "presidence@jardins-croix-rousse.example",
+            },
+            {
+                "civilite": "Monsieur",
+                "nom": "FAVRE-GIRAUD",
+                "prenom": "Anselme",
+                "fonction": "Trésorier",
+                "valideur_cec": False,
+                "publication_internet": False,
+                "telephone": "0478301295",
+                "courriel": None,
+            },
+        ]
+        if est.siege
+        else []
+    )
+    documents: list[dict[str, Any]] = []
+    if est.siege:
+        subject = f"{company.name} (SIRET {est.siret})"
+        for nom, type_, annee, etat, depot in (
+            ("rapport_activite_2023.pdf", "Rapport d'activité", "2023", "courant", "2024-05-21"),
+            ("comptes_2022.pdf", "Comptes du dernier exercice clos", "2022", "archivé", None),
+        ):
+            url, _ = make_document(type_, subject)
+            documents.append(
+                {
+                    "id": f"{est.siret[-5:]}-{annee}",
+                    "nom": nom,
+                    "annee_validite": annee,
+                    "commentaire": None,
+                    "etat": etat,
+                    "type": type_,
+                    "date_depot": depot,
+                    "url": url,
+                }
+            )
+    data["documents_dac"] = documents
+    return data
+
+
+def _association(company: Company, base: str, make_document: DocumentMaker | None) -> Answer:
+    """The DJEPVA answer for an association; ``make_document=None`` for the open data.
+
+    The directory's own details (purpose, network, approvals, people,
+    accounts) are invented for the project like the companies themselves.
+    """
+    assert company.rna is not None
+    siege = company.siege
+    code, _, _, label = company.tranche
+    data: dict[str, Any] = {
+        "rna": company.rna,
+        "ancien_id": None,  # registered after 2010: no pre-RNA prefecture number
+        "siren": company.siren,
+        "nom": company.raison_sociale,
+        "active": company.ceased is None,
+        "sigle": company.sigle,
+        "reconnue_utilite_publique": False,
+        "siret_siege": siege.siret,
+        "forme_juridique": {
+            "code": company.forme_juridique[0],
+            "libelle": company.forme_juridique[1],
+        },
+        "regime": "Loi 1901",
+        "groupement": "Simple",
+        "eligibilite_cec": True,
+        "raison_non_eligibilite_cec": None,
+        "impots_commerciaux": False,
+        "date_creation": company.created.isoformat(),
+        "date_dissolution": company.ceased.isoformat() if company.ceased else None,
+        "date_publication_reconnue_utilite_publique": None,
+        "date_publication_journal_officiel": (company.created + dt.timedelta(days=18)).isoformat(),
+        "adresse_siege": _adresse_association(siege),
+        "adresse_gestion": {
+            **_adresse_association(siege),
+            "complement": "BOITE AUX LETTRES DU JARDIN",
+            "commune": siege.libelle_commune.title(),
+        },
+        "alsace_moselle": {
+            "tribunal_instance": None,
+            "volume": None,
+            "folio": None,
+            "date_publication_registre_association": None,
+        },
+        "composition_reseau": [],
+        "agrements": [
+            {
+                "numero": "69-JEP-2019-0142",
+                "date_attribution": "2019-06-20",
+                "type": "Jeunesse et éducation populaire",
+                "niveau": "départemental",
+                "attributeur": "Service départemental à la jeunesse du Rhône",
+                "url": None,
+            }
+        ],
+        "activites": {
+            "objet": (
+                "Créer et faire vivre des jardins partagés sur les pentes de la Croix-Rousse, "
+                "tisser des liens entre habitants et transmettre un jardinage respectueux "
+                "de l'environnement."
+            ),
+            "objet_social1": {"code": "017040", "libelle": "Jardins partagés, jardins familiaux"},
+            "objet_social2": {"code": "024030", "libelle": "Éducation à l'environnement"},
+            "champ_action_territorial": "local",
+            "activite_principale": {
+                "code": company.naf[0],
+                "libelle": company.naf[1],
+                "annee": str(company.created.year),
+            },
+            "tranche_effectif": {"code": code, "libelle": label, "annee": "2022"},
+            "economie_sociale_et_solidaire": company.ess,
+            "date_appartenance_ess": "2015-01-01" if company.ess else None,
+        },
+        "etablissements": [
+            _association_etablissement(company, est, make_document)
+            for est in company.establishments
+        ],
+    }
+    if make_document is not None:
+        data["reseaux_affiliation"] = [
+            {
+                "nom": "RESEAU DES JARDINS PARTAGES DU RHONE",
+                "numero": "RJP-0087",
+                "rna": "W691054318",
+                "siret": None,
+                "objet": "Fédérer et accompagner les jardins partagés du département",
+                "adresse": {
+                    "complement": None,
+                    "numero_voie": "9",
+                    "type_voie": "QUAI",
+                    "libelle_voie": "PIERRE SCIZE",
+                    "distribution": None,
+                    "code_insee": "69385",
+                    "code_postal": "69005",
+                    "commune": "LYON 5EME",
+                },
+                "telephone": None,
+                "courriel": None,
+                "attestation_affiliation_url": None,
+                "nombre_licencies": {"hommes": None, "femmes": None, "total": 149},
+            }
+        ]
+        subject = f"{company.name} ({company.rna})"
+        documents: list[dict[str, Any]] = []
+        for type_, code_, libelle, depot in (
+            ("Pièce", "STC", "Statuts", "2014-04-15T10:42:07.000+02:00"),
+            ("Pièce", "PV", "Procès-verbal d'assemblée générale", "2023-03-28T18:05:51.000+02:00"),
+        ):
+            url, _ = make_document(libelle, subject)
+            documents.append(
+                {
+                    "id": None,
+                    "type": type_,
+                    "sous_type": {"code": code_, "libelle": libelle},
+                    "date_depot": depot,
+                    "annee_depot": depot[:4],
+                    "url": url,
+                }
+            )
+        data["documents_rna"] = documents
+    siege_url = f"{base}/v3/insee/sirene/etablissements/{siege.siret}"
+    links = {"insee_siege_social": siege_url, "insee_siege_social_adresse": f"{siege_url}/adresse"}
+    meta = {
+        "internal_id": company.rna[-6:],
+        "date_derniere_mise_a_jour_sirene": "2025-01-06",
+        "date_derniere_mise_a_jour_rna": "2024-11-18",
+    }
+    return 200, {"data": data, "links": links, "meta": meta}
+
+
 def builtin_answer(
     endpoint: Endpoint, values: Mapping[str, str], base: str, make_document: DocumentMaker
 ) -> Answer | None:
@@ -472,16 +723,8 @@ def builtin_answer(
         company = _BY_SIREN.get(key) or _BY_RNA.get(key)
         if company is None or company.rna is None:
             return None
-        identite: dict[str, Any] = {
-            "identite": {
-                "nom": company.raison_sociale,
-                "rna": company.rna,
-                "siren": company.siren,
-                "siret_siege": company.siege.siret,
-                "date_creation": company.created.isoformat(),
-            }
-        }
-        return 200, {"data": identite, "links": {}, "meta": {}}
+        open_data = op.endswith("_open_data")
+        return _association(company, base, None if open_data else make_document)
     title = _DOCUMENTS.get(op)
     if title is not None:
         company = _BY_SIREN.get(values.get("siren", ""))
