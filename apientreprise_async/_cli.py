@@ -386,7 +386,6 @@ def _summary(batch: Batch, elapsed: float, limit: int, period: float, title: str
     stats = batch.stats
     counters = batch.governor_counters()
     rate = counters.grants / elapsed if elapsed > 0 else 0.0
-    allowed = limit / period
     table = Table(title=title, box=box.SIMPLE_HEAD, show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
@@ -399,10 +398,15 @@ def _summary(batch: Batch, elapsed: float, limit: int, period: float, title: str
     table.add_row("  errors", f"{stats.errors:,}")
     table.add_row("calls sent", f"{counters.grants:,}")
     table.add_row("elapsed", f"{elapsed:.1f} s")
-    table.add_row(
-        "throughput",
-        f"{rate:.1f} calls/s = {rate / allowed:.0%} of the limit ({limit} per {period:g} s)",
-    )
+    table.add_row("throughput", f"{rate:.1f} calls/s; the limit: {limit} per {period:g} s")
+    if counters.grants > limit:
+        # The last window's calls can all leave at its start: n calls need at
+        # least ceil(n / limit) - 1 periods.
+        fastest = (-(-counters.grants // limit) - 1) * period
+        table.add_row(
+            "fastest the limit allows",
+            f"{fastest:.1f} s for {counters.grants:,} calls; efficiency {fastest / elapsed:.0%}",
+        )
     average = counters.wait_time / counters.waits if counters.waits else 0.0
     table.add_row(
         "waiting for the governor",
