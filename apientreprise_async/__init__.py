@@ -8,6 +8,10 @@ from . import records as records
 from ._auth import AuthStrategy as AuthStrategy
 from ._auth import BearerToken as BearerToken
 from ._auth import TokenInfo as TokenInfo
+from ._batch import BATCH_RETRY as BATCH_RETRY
+from ._batch import Batch as Batch
+from ._batch import BatchStats as BatchStats
+from ._batch import Outcome as Outcome
 from ._catalogue import Endpoint as Endpoint
 from ._catalogue import all_endpoints as all_endpoints
 from ._catalogue import get_endpoint as get_endpoint
@@ -51,6 +55,7 @@ from ._retry import RetryPolicy as RetryPolicy
 from ._telemetry import Stats as Stats
 
 __all__ = [
+    "BATCH_RETRY",
     "DOCUMENT_CONTENT_TYPES",
     "ApiEntrepriseError",
     "ApiError",
@@ -58,6 +63,8 @@ __all__ = [
     "AuthStrategy",
     "AuthenticationError",
     "AuthorizationError",
+    "Batch",
+    "BatchStats",
     "BearerToken",
     "CircuitPolicy",
     "ClientError",
@@ -73,6 +80,7 @@ __all__ = [
     "MaintenanceWindowError",
     "MissingParameterError",
     "NotFoundError",
+    "Outcome",
     "ProviderError",
     "ProviderUnavailableError",
     "RateLimit",
