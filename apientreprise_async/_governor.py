@@ -444,10 +444,16 @@ class Permit:
             in_seconds = reset - wall_now if reset > 1e9 else reset
             limits = governor.limits
             in_seconds = min(in_seconds, limits.period)
+            slack = limits.period * limits.margin
+            # The window opened a period before its reset (a margin earlier, to be safe).
+            opened = now + in_seconds - limits.period - slack
             self._feedback = Feedback(
                 rate_limit.limit,
-                rate_limit.remaining,
-                now + in_seconds + limits.period * limits.margin,
+                # A 429: the window counted at least one call past its limit.
+                -1 if status == 429 else rate_limit.remaining,
+                now + in_seconds + slack,
+                opened,
+                opened + limits.hold,
             )
         if status == 429:
             governor._rate_limited += 1

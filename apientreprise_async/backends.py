@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import enum
 import math
-from bisect import bisect_right, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -91,11 +91,23 @@ class Blocked(NamedTuple):
 
 
 class Feedback(NamedTuple):
-    """What one answer's ``RateLimit-*`` headers said, on the governor's clock."""
+    """What one answer's ``RateLimit-*`` headers said, on the governor's clock.
+
+    ``opened_at`` is when the server's window opened (its reset less one
+    period and the margin), and ``counted_from`` the occupancy end (see
+    :meth:`GovernorBackend.release`) of a call answered at that moment: calls
+    ending earlier were answered before the window, so it cannot count them.
+    With both, a backend can tell the window's use by others (another program
+    on the same token) from its own; ``-inf`` and ``inf`` (the defaults) mean
+    unknown. ``remaining`` is ``-1`` after a 429: the window counted at least
+    one call past its limit.
+    """
 
     limit: int
     remaining: int
     reset_at: float
+    opened_at: float = -math.inf
+    counted_from: float = math.inf
 
 
 class Learned(enum.Enum):
@@ -123,6 +135,8 @@ class BucketState:
     paused_until: float
     cap_remaining: int | None
     cap_until: float
+    outside_rate: float = 0.0
+    """Calls per second by others on the same token, as the headers showed them."""
 
 
 @runtime_checkable
@@ -193,6 +207,7 @@ class _Bucket:
     """
 
     __slots__ = (
+        "cap_at",
         "cap_left",
         "cap_until",
         "confirmed",
@@ -201,6 +216,15 @@ class _Bucket:
         "known",
         "limit",
         "open",
+        "out_burst",
+        "out_count",
+        "out_exact",
+        "out_exact_at",
+        "out_prev",
+        "out_rate",
+        "out_span",
+        "out_window",
+        "outside",
         "paused",
         "probing",
     )
@@ -215,7 +239,19 @@ class _Bucket:
         self.probing: set[str] = set()
         self.cap_left = 0
         self.cap_until = -math.inf
+        self.cap_at = -math.inf  # when the answer that set cap_left came
         self.paused = -math.inf
+        # Use of the token by others (another program), seen only in the headers.
+        # Once seen, a window nobody answered about yet gets one probe call first.
+        self.outside = False
+        self.out_count = 0  # others' calls in the window of out_window (a lower bound)
+        self.out_window = -math.inf  # the reset of that window
+        self.out_rate = 0.0  # their calls per second in that window
+        self.out_prev = 0.0  # the same, in the window before
+        self.out_span = 0.0  # the length of a server window (with margins)
+        self.out_burst = 0.0  # most calls others made at once, beyond their rate
+        self.out_exact = 0  # others' calls at an answer when nothing else of ours flew
+        self.out_exact_at = -math.inf  # and when it came
 
     def quick(self, request: SlotRequest) -> bool:
         """Free without looking at the clock: the common uncontended case."""
@@ -246,12 +282,28 @@ class _Bucket:
         extra = len(ends) - (free - 1)
         when = ends[extra - 1] if extra > 0 else now
         if self.cap_until > now:
-            if self.cap_left <= 0:
+            left = self.cap_left
+            if left <= 0:
                 when = max(when, self.cap_until)
-            elif self.open and self.cap_left <= self.limit * _ENDGAME + 1:
-                # The last slots of a window the server says are nearly used up: one
-                # call at a time, each reading Remaining anew, so that another user of
-                # the token costs at most the one 429 that then pauses the bucket.
+            elif self.open:
+                endgame = self.limit * _ENDGAME + 1
+                if self.outside:
+                    endgame += self.out_burst  # room for a burst by the others
+                age = now - self.cap_at
+                # Others may have called since the answer that set the cap.
+                stale = self.outside_rate() * age if self.outside else 0.0
+                if age > _ENDGAME * self.out_span > 0:
+                    stale = max(stale, endgame)  # too old a word: ask again first
+                if left - stale <= endgame or 2 * stale > endgame:
+                    # The last slots of a window the server says are nearly used up
+                    # (or an old word on it while others use the token): one call at
+                    # a time, each reading Remaining anew, so that another user of the
+                    # token costs at most the one 429 that then pauses the bucket.
+                    return None
+        elif self.outside:
+            # A window whose use by others is unknown yet: one probe call, the rest
+            # wait for its answer (slow start, once per window).
+            if self.open:
                 return None
         elif self.cap_until != -math.inf:
             self.cap_until = -math.inf
@@ -287,9 +339,54 @@ class _Bucket:
         if op is not None:
             self.known.add(op)
             self.probing.discard(op)
+        self.watch(feedback, now)
         # Calls open at this one's grant, or granted since, may reach the server after it.
         self.cap(feedback, now, others=self.granted - 1 - mark)
         return outcome
+
+    def outside_rate(self) -> float:
+        """Others' calls per second on this bucket's token (the higher of two windows)."""
+        return max(self.out_rate, self.out_prev)
+
+    def watch(self, feedback: Feedback, now: float) -> None:
+        """Tell from ``Remaining`` how much of the server's window others used.
+
+        Our calls that may count in it are those in flight and those answered
+        since it opened; whatever else it counted is someone else's (a lower
+        bound, exact once our calls have landed).
+        """
+        opened = feedback.opened_at
+        reset = feedback.reset_at
+        if opened == -math.inf or reset <= now:
+            return
+        span = self.out_span = reset - opened
+        if abs(reset - self.out_window) >= 0.5 * span:
+            if reset < self.out_window:
+                return  # a late answer from a window already over
+            self.out_prev = self.out_rate
+            self.out_window = reset
+            self.out_count = 0
+            self.out_rate = 0.0
+            self.out_exact_at = -math.inf
+            self.out_burst *= 0.5  # forget slowly a burst not seen again
+        ends = self.ends
+        ours = self.open + len(ends) - bisect_left(ends, feedback.counted_from)
+        seen = feedback.limit - feedback.remaining - ours
+        if now - self.out_exact_at <= _ENDGAME * span:
+            # Shortly after an exact count, what others did beyond their rate: a burst.
+            burst = seen - self.out_exact - self.outside_rate() * (now - self.out_exact_at)
+            if burst > self.out_burst:
+                self.out_burst = burst
+        if self.open == 1:
+            # This call alone in flight: every call of ours has landed, the count is exact.
+            self.out_exact = seen
+            self.out_exact_at = now
+        if seen > self.out_count:
+            self.out_count = seen
+            self.outside = True
+        if self.out_count:
+            # Early in a window few calls tell little: measure over a tenth of it at least.
+            self.out_rate = self.out_count / max(now - opened, 0.1 * span)
 
     def cap(self, feedback: Feedback, now: float, *, others: int) -> None:
         """Apply ``Remaining`` as a cap until the reset.
@@ -304,11 +401,16 @@ class _Bucket:
             feedback.reset_at - now
         ):
             # Same server window. Each answer gives a sound bound on its own, so the
-            # loosest one is safe; keeping the lowest would pile up their slack.
-            self.cap_left = max(self.cap_left, left)
+            # loosest one is safe (less what others used since); keeping the lowest
+            # would pile up their slack.
+            used = self.outside_rate() * (now - self.cap_at) if self.outside else 0.0
+            if left >= self.cap_left - used:
+                self.cap_left = left
+                self.cap_at = now
         elif feedback.reset_at > self.cap_until:
             self.cap_until = feedback.reset_at
             self.cap_left = left
+            self.cap_at = now
 
     def view(self, key: str, now: float) -> BucketState:
         """Freeze the state for a snapshot."""
@@ -324,6 +426,7 @@ class _Bucket:
             paused_until=self.paused,
             cap_remaining=self.cap_left if capped else None,
             cap_until=self.cap_until if capped else -math.inf,
+            outside_rate=self.outside_rate() if self.outside else 0.0,
         )
 
 

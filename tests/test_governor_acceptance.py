@@ -144,3 +144,54 @@ async def test_high_latency_sent_from_new_tasks_never_draws_a_429(aligned: bool)
     statuses = await run_pool(server, gov, [("tok", endpoint)] * 2_000, workers=400, new_task=True)
     assert {200: 2_000} == dict(statuses)
     assert 0 == server.rejected
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst"),
+    [(1.0, 1), (3.0, 1), (10 / 3, 1), (0.4, 10)],
+    ids=["1-per-s", "3-per-s", "80-percent", "bursts-of-10"],
+)
+async def test_any_external_rate_costs_at_most_one_429_per_window(
+    aligned: bool, rate: float, burst: int
+) -> None:
+    """Another program at a steady rate (up to 80 % of the limit) or in bursts.
+
+    We start in the middle of a window the other program already uses; each
+    window it costs at most one 429, followed by a pause, and we still get
+    nearly all of what the other program leaves.
+    """
+    server = FakeServer({JSON: 250}, aligned=aligned, latency=latency(7, 0.15))
+    gov = new_governor()
+    endpoint = json_endpoint()
+    done = False
+    theirs: Counter[int] = Counter()
+
+    async def external() -> None:
+        rng = random.Random(8)
+        while not done:
+            await anyio.sleep(rng.expovariate(rate))
+            for _ in range(burst):
+                theirs[server.external("tok", JSON)] += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(external)
+        await anyio.sleep(30.0)
+        start = anyio.current_time()
+        statuses = await run_pool(server, gov, [("tok", endpoint)] * 3_000, workers=300)
+        done = True
+        windows = (anyio.current_time() - start) / 60.0
+    assert 3_000 == statuses[200] + statuses[429]
+    assert max(server.rejected_per_window.values(), default=0) <= 1
+    assert 0 == server.sent_while_paused
+    assert statuses[429] == gov.counters.rate_limited
+    # What the other program did not use, and how much of it we took.
+    left = 250 * windows - theirs[200]
+    share = statuses[200] / left
+    print(
+        f"\n{'aligned' if aligned else 'first-call'} rate={rate * burst:.2f}/s: "
+        f"429s={statuses[429]} in {windows:.1f} windows, ours={statuses[200]}, "
+        f"theirs={theirs[200]} ok + {theirs[429]} refused, "
+        f"share of the limit {statuses[200] / (250 * windows):.3f}, "
+        f"of what they left {share:.3f}"
+    )
+    assert share >= 0.9
