@@ -13,6 +13,7 @@ A pytest plugin, installed with the package, provides the
 
 from __future__ import annotations
 
+from ._conformance import check_backend as check_backend
 from ._data import COMPANIES as COMPANIES
 from ._data import Company as Company
 from ._data import Establishment as Establishment
@@ -33,4 +34,5 @@ __all__ = [
     "Faults",
     "RecordedRequest",
     "RunningServer",
+    "check_backend",
 ]

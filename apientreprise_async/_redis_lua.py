@@ -1,0 +1,358 @@
+"""The Lua scripts of :mod:`apientreprise_async.redis`: one atomic round trip per operation.
+
+They reproduce :class:`~apientreprise_async.backends.InMemoryBackend`'s
+bucket rules (``_Bucket.ready/take/learn/cap``) on Redis data. Every script
+reads the time with ``TIME``, so all processes and hosts use one clock; times
+travel as deltas from that ``now`` and the caller converts them to its own
+anyio clock at the edge.
+
+Per bucket (a hashed name ``B``):
+
+- ``B`` (hash): ``limit``, ``confirmed``, ``granted`` (a sequence number),
+  ``cap_left``, ``cap_until``, ``paused``, ``kn`` (number of known
+  operations), ``k:<op>`` (operation known), ``p:<op>`` (probe lease end),
+  ``w`` / ``q`` (someone waits for a release / for a time);
+- ``B:o`` (sorted set): open slots, member = grant sequence, score = lease end:
+  a process that dies with a slot open frees it when the lease ends;
+- ``B:e`` (sorted set): occupancy ends of sent calls.
+
+Times are written with ``%.6f``: Lua's default number format keeps 14 digits,
+which at Unix-epoch magnitude would round away a tenth of a millisecond.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ACQUIRE", "ESTIMATE", "OCCUPY", "PAUSE", "RELEASE", "SEED"]
+
+_COMMON = r"""
+local now
+do
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local LEASE = tonumber(ARGV[1])
+local IDLE = tonumber(ARGV[2])
+local CHANNEL = ARGV[3]
+local ORIGIN = ARGV[4]
+
+local function fmt(x) return string.format('%.6f', x) end
+local function int(x) return string.format('%d', x) end
+
+-- Load bucket i (keys 3i-2 .. 3i), creating it as InMemoryBackend._bucket does.
+local function bucket(i, limit_req, op, probe)
+  local h, o, e = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local f = redis.call('HMGET', h, 'limit', 'confirmed', 'granted', 'cap_left',
+                       'cap_until', 'paused', 'kn')
+  local b = {h = h, o = o, e = e}
+  if not f[1] then
+    b.limit = limit_req
+    if op == '' or not probe then b.confirmed = 1 else b.confirmed = 0 end
+    b.granted, b.cap_left, b.cap_until, b.paused, b.kn = 0, 0, 0, 0, 0
+    redis.call('HSET', h, 'limit', int(b.limit), 'confirmed', b.confirmed, 'granted', 0)
+  else
+    b.limit = tonumber(f[1])
+    b.confirmed = tonumber(f[2])
+    b.granted = tonumber(f[3] or 0)
+    b.cap_left = tonumber(f[4] or 0)
+    b.cap_until = tonumber(f[5] or 0)
+    b.paused = tonumber(f[6] or 0)
+    b.kn = tonumber(f[7] or 0)
+    if b.confirmed == 0 and limit_req < b.limit then
+      -- Two configurations share the key: the stricter guess wins.
+      b.limit = limit_req
+      redis.call('HSET', h, 'limit', int(b.limit))
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', o, '-inf', fmt(now))
+  redis.call('ZREMRANGEBYSCORE', e, '-inf', fmt(now))
+  b.open = redis.call('ZCARD', o)
+  b.ends = redis.call('ZCARD', e)
+  return b
+end
+
+-- Earliest grant time (nil: only a release can tell), as _Bucket.ready.
+local function ready(b, op, probe)
+  if probe and op ~= '' then
+    if b.confirmed == 0 then
+      if b.open > 0 then return nil end
+    elseif redis.call('HEXISTS', b.h, 'k:' .. op) == 0 then
+      if tonumber(redis.call('HGET', b.h, 'p:' .. op) or 0) > now then return nil end
+    end
+  end
+  local free = b.limit - b.open
+  if free <= 0 then return nil end
+  local when = now
+  local extra = b.ends - (free - 1)
+  if extra > 0 then
+    when = tonumber(redis.call('ZRANGE', b.e, extra - 1, extra - 1, 'WITHSCORES')[2])
+  end
+  if b.cap_until > now then
+    if b.cap_left <= 0 then
+      if b.cap_until > when then when = b.cap_until end
+    elseif b.open > 0 and b.cap_left <= b.limit * 0.05 + 1 then
+      -- The endgame of a nearly spent server window: one call at a time.
+      return nil
+    end
+  end
+  if b.paused > when then when = b.paused end
+  return when
+end
+
+local function cap(b, remaining, reset, others)
+  if reset <= now then return end
+  local left = remaining - others
+  if b.cap_until > now and math.abs(reset - b.cap_until) < 0.5 * (reset - now) then
+    -- Same server window: each answer is a sound bound, the loosest is safe.
+    if left > b.cap_left then b.cap_left = left end
+  elseif reset > b.cap_until then
+    b.cap_until = reset
+    b.cap_left = left
+  end
+  redis.call('HSET', b.h, 'cap_until', fmt(b.cap_until), 'cap_left', int(b.cap_left))
+end
+
+-- Keys live while they mean something, then IDLE seconds more.
+local function expire(b)
+  local horizon = now + LEASE
+  local last = redis.call('ZRANGE', b.e, -1, -1, 'WITHSCORES')
+  if last[2] and tonumber(last[2]) > horizon then horizon = tonumber(last[2]) end
+  if b.paused > horizon then horizon = b.paused end
+  if b.cap_until > horizon then horizon = b.cap_until end
+  local ms = math.ceil((horizon - now + IDLE) * 1000)
+  redis.call('PEXPIRE', b.h, ms)
+  redis.call('PEXPIRE', b.o, ms)
+  redis.call('PEXPIRE', b.e, ms)
+end
+
+local function delta(t)
+  if t == nil then return 'n' end
+  return fmt(t - now)
+end
+
+-- What the caller mirrors for snapshots and for Permit.sending().
+local function state(b, when)
+  local paused, cap_until = '', ''
+  if b.paused > now then paused = fmt(b.paused - now) end
+  if b.cap_until > now then cap_until = fmt(b.cap_until - now) end
+  -- The first open lease to end: a dead worker's slot frees then, with no release.
+  local lease = ''
+  if when == nil and b.open > 0 then
+    lease = fmt(tonumber(redis.call('ZRANGE', b.o, 0, 0, 'WITHSCORES')[2]) - now)
+  end
+  return {delta(when), int(b.limit), b.confirmed, b.open, b.ends, int(b.cap_left),
+          cap_until, paused, lease}
+end
+"""
+
+#: ARGV: lease, idle, channel, origin, mode ('a' take, 'r' ready only), n,
+#: then per request: limit, op, probe.
+ACQUIRE = (
+    _COMMON
+    + r"""
+local take_now = ARGV[5] == 'a'
+local n = tonumber(ARGV[6])
+local bs, reqs, whens = {}, {}, {}
+local free = true
+for i = 1, n do
+  local base = 6 + 3 * (i - 1)
+  local op, probe = ARGV[base + 2], ARGV[base + 3] == '1'
+  local b = bucket(i, tonumber(ARGV[base + 1]), op, probe)
+  local when = ready(b, op, probe)
+  bs[i], reqs[i], whens[i] = b, {op, probe}, when
+  if when == nil or when > now then free = false end
+end
+local out = {}
+if take_now and free then
+  out[1] = 'g'
+  for i = 1, n do
+    local b, op, probe = bs[i], reqs[i][1], reqs[i][2]
+    local mark = b.granted - b.open
+    local seq = redis.call('HINCRBY', b.h, 'granted', 1)
+    redis.call('ZADD', b.o, fmt(now + LEASE), seq)
+    b.open = b.open + 1
+    if b.cap_until > now then
+      b.cap_left = b.cap_left - 1
+      redis.call('HSET', b.h, 'cap_left', int(b.cap_left))
+    end
+    local probing = 0
+    if probe and op ~= '' and redis.call('HEXISTS', b.h, 'k:' .. op) == 0 then
+      redis.call('HSET', b.h, 'p:' .. op, fmt(now + LEASE))
+      probing = 1
+    end
+    expire(b)
+    table.insert(out, int(mark))
+    table.insert(out, int(seq))
+    table.insert(out, probing)
+    for _, v in ipairs(state(b, ready(b, op, probe))) do table.insert(out, v) end
+  end
+else
+  out[1] = 'b'
+  for i = 1, n do
+    local b, when = bs[i], whens[i]
+    -- Tell releases elsewhere that someone here waits (see RELEASE).
+    if when == nil then redis.call('HSET', b.h, 'w', 1)
+    elseif when > now then redis.call('HSET', b.h, 'q', 1) end
+    expire(b)
+    for _, v in ipairs(state(b, when)) do table.insert(out, v) end
+  end
+end
+return out
+"""
+)
+
+#: ARGV: lease, idle, channel, origin, end delta ('' if unsent), feedback
+#: ('' or limit), remaining, reset delta, n, then per request: limit, op, probe,
+#: seq, mark, probing.
+RELEASE = (
+    _COMMON
+    + r"""
+local end_delta = ARGV[5]
+local has_fb = ARGV[6] ~= ''
+local n = tonumber(ARGV[9])
+local learned = ''
+for i = 1, n do
+  local base = 9 + 6 * (i - 1)
+  local op, probe = ARGV[base + 2], ARGV[base + 3] == '1'
+  local seq, mark, probing = ARGV[base + 4], tonumber(ARGV[base + 5]), ARGV[base + 6] == '1'
+  local b = bucket(i, tonumber(ARGV[base + 1]), op, probe)
+  if i == 1 and has_fb then
+    local limit, remaining = tonumber(ARGV[6]), tonumber(ARGV[7])
+    local reset = now + tonumber(ARGV[8])
+    learned = 'same'
+    local foreign = false
+    if op ~= '' and limit ~= b.limit then
+      if b.confirmed == 1 and b.kn > 0 and redis.call('HEXISTS', b.h, 'k:' .. op) == 0 then
+        learned = 'foreign'
+        foreign = true
+      else
+        b.limit = math.max(limit, 0)
+        learned = 'adopted'
+      end
+    end
+    if not foreign then
+      b.confirmed = 1
+      redis.call('HSET', b.h, 'limit', int(b.limit), 'confirmed', 1)
+      if op ~= '' then
+        if redis.call('HSETNX', b.h, 'k:' .. op, 1) == 1 then
+          b.kn = b.kn + 1
+          redis.call('HSET', b.h, 'kn', b.kn)
+        end
+        redis.call('HDEL', b.h, 'p:' .. op)
+      end
+      -- Calls open at this one's grant, or granted since, may reach the server after it.
+      local granted = tonumber(redis.call('HGET', b.h, 'granted') or 0)
+      cap(b, remaining, reset, granted - 1 - mark)
+    end
+  end
+  if probing and op ~= '' then
+    -- Without an answer showing the limit, the next call probes again.
+    redis.call('HDEL', b.h, 'p:' .. op)
+  end
+  redis.call('ZREM', b.o, seq)
+  if end_delta == '' then
+    if b.cap_until > now then
+      b.cap_left = b.cap_left + 1  -- never reached the server: refund the cap
+      redis.call('HSET', b.h, 'cap_left', int(b.cap_left))
+    end
+  else
+    redis.call('ZADD', b.e, fmt(now + tonumber(end_delta)), seq)
+  end
+  -- Wake waiters elsewhere only when it can help them: one waits for a
+  -- release, a slot was freed for one waiting for a time, or the limit moved.
+  local flags = redis.call('HMGET', b.h, 'w', 'q')
+  if flags[1] or (flags[2] and end_delta == '')
+      or (i == 1 and learned ~= '' and learned ~= 'same') then
+    redis.call('HDEL', b.h, 'w', 'q')
+    redis.call('PUBLISH', CHANNEL, ORIGIN .. ' w ' .. b.h)
+  end
+  expire(b)
+end
+return learned
+"""
+)
+
+#: ARGV: lease, idle, channel, origin, limit, op, probe, feedback limit, remaining, reset delta.
+SEED = (
+    _COMMON
+    + r"""
+local op = ARGV[6]
+local b = bucket(1, tonumber(ARGV[5]), op, ARGV[7] == '1')
+b.limit = tonumber(ARGV[8])
+b.confirmed = 1
+redis.call('HSET', b.h, 'limit', int(b.limit), 'confirmed', 1)
+if op ~= '' and redis.call('HSETNX', b.h, 'k:' .. op, 1) == 1 then
+  b.kn = b.kn + 1
+  redis.call('HSET', b.h, 'kn', b.kn)
+end
+cap(b, tonumber(ARGV[9]), now + tonumber(ARGV[10]), b.open)
+expire(b)
+return 1
+"""
+)
+
+#: ARGV: lease, idle, channel, origin, until delta.
+PAUSE = (
+    _COMMON
+    + r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local b = bucket(1, math.huge, '', false)
+local until_ = now + tonumber(ARGV[5])
+if until_ <= b.paused then return 0 end
+b.paused = until_
+redis.call('HSET', b.h, 'paused', fmt(until_))
+expire(b)
+redis.call('PUBLISH', CHANNEL, ORIGIN .. ' p ' .. b.h .. ' ' .. ARGV[5])
+return 1
+"""
+)
+
+#: ARGV: lease, idle, channel, origin, limit, op, probe, position, hold.
+ESTIMATE = (
+    _COMMON
+    + r"""
+local b = bucket(1, tonumber(ARGV[5]), ARGV[6], ARGV[7] == '1')
+local position, hold = tonumber(ARGV[8]), tonumber(ARGV[9])
+local limit = math.max(b.limit, 1)
+-- frees, sorted: 'idle' times now, then the ends (before now + hold, those
+-- in flight, then later ends), each free slot taken in turn.
+local idle = math.max(limit - b.open - b.ends, 0)
+local total = idle + b.ends + b.open
+local rounds = math.floor(position / limit)
+local index = math.min(position - rounds * limit, total - 1)
+local when
+if index < idle then
+  when = now
+else
+  local j = index - idle
+  local early = redis.call('ZCOUNT', b.e, '-inf', fmt(now + hold))
+  if j < early then
+    when = tonumber(redis.call('ZRANGE', b.e, j, j, 'WITHSCORES')[2])
+  elseif j < early + b.open then
+    when = now + hold
+  else
+    local k = j - b.open
+    when = tonumber(redis.call('ZRANGE', b.e, k, k, 'WITHSCORES')[2])
+  end
+end
+when = when + rounds * hold
+if b.cap_until > now and position >= b.cap_left and b.cap_until > when then
+  when = b.cap_until
+end
+if b.paused > when then when = b.paused end
+if now > when then when = now end
+return fmt(when - now)
+"""
+)
+
+#: ARGV: lease, idle, channel, origin, limit, op, probe, member prefix, then end deltas.
+OCCUPY = (
+    _COMMON
+    + r"""
+local b = bucket(1, tonumber(ARGV[5]), ARGV[6], ARGV[7] == '1')
+for i = 9, #ARGV do
+  redis.call('ZADD', b.e, fmt(now + tonumber(ARGV[i])), ARGV[8] .. (i - 8))
+end
+expire(b)
+return 1
+"""
+)
