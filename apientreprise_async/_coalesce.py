@@ -9,8 +9,9 @@ an event; if the leader is cancelled, one of the waiters takes over.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from contextlib import asynccontextmanager
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -24,7 +25,9 @@ class _Flight:
     __slots__ = ("done", "error", "followers", "result", "settled")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        # Made by the first follower: most calls have none, and an event costs
+        # a lookup of the running backend.
+        self.done: anyio.Event | None = None
         self.settled = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -53,7 +56,10 @@ class Coalescer(Generic[T]):
                 return await self._lead(key, work), False
             flight.followers += 1
             self.shared += 1
-            await flight.done.wait()
+            done = flight.done
+            if done is None:
+                done = flight.done = anyio.Event()
+            await done.wait()
             if flight.settled:
                 if flight.error is not None:
                     raise flight.error
@@ -78,7 +84,8 @@ class Coalescer(Generic[T]):
             return result
         finally:
             del self._flights[key]
-            flight.done.set()
+            if flight.done is not None:
+                flight.done.set()
 
 
 class InFlight:
@@ -91,23 +98,58 @@ class InFlight:
     """
 
     def __init__(self) -> None:
-        self._locks: dict[Hashable, tuple[anyio.Lock, int]] = {}
+        # Per identity being served, the events of the callers waiting for it (FIFO).
+        # No lock object: an identity nobody else uses (nearly every call) costs a
+        # dict entry and no checkpoint.
+        self._queues: dict[Hashable, deque[anyio.Event]] = {}
 
-    @asynccontextmanager
-    async def turn(self, key: Hashable) -> AsyncIterator[None]:
-        """Hold the turn for ``key`` (FIFO among waiters)."""
-        lock, users = self._locks.get(key) or (anyio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+    def turn(self, key: Hashable) -> _Turn:
+        """Hold the turn for ``key`` (FIFO among waiters), as an async context manager."""
+        return _Turn(self, key)
 
     def busy(self) -> int:
         """Identities with a request in flight or waiting."""
-        return len(self._locks)
+        return len(self._queues)
+
+    def _pass(self, key: Hashable) -> None:
+        """The holder leaves: hand the turn to the next waiter, or forget the identity."""
+        queue = self._queues[key]
+        if queue:
+            queue.popleft().set()
+        else:
+            del self._queues[key]
+
+
+class _Turn:
+    """The turn of one caller for one identity."""
+
+    __slots__ = ("_key", "_owner")
+
+    def __init__(self, owner: InFlight, key: Hashable) -> None:
+        self._owner = owner
+        self._key = key
+
+    async def __aenter__(self) -> None:
+        queues = self._owner._queues
+        queue = queues.get(self._key)
+        if queue is None:
+            queues[self._key] = deque()
+            return
+        event = anyio.Event()
+        queue.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            if event.is_set():
+                self._owner._pass(self._key)  # handed the turn while cancelled: pass it on
+            else:
+                queue.remove(event)
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._owner._pass(self._key)

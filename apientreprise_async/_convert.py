@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
-from typing import Any, get_args, get_origin
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import attrs
 import cattrs
@@ -94,16 +95,22 @@ def _is_tuple(type_: Any) -> bool:
 
 def _tuple_hooks(type_: Any) -> Callable[[Any, Any], tuple[Any, ...]]:
     item_type = get_args(type_)[0]
+    hook: Callable[[Any, Any], Any] | None = None
 
     def structure_tuple(value: Any, _: Any) -> tuple[Any, ...]:
         # cattrs would iterate a string or a mapping; a JSON array is required here.
+        nonlocal hook
         if not isinstance(value, list):
             raise _expected("a list", value)
+        if hook is None:
+            # Looked up once, not per item (a liasse holds hundreds); lazily, so that
+            # a record may contain a tuple of itself.
+            hook = converter.get_structure_hook(item_type)
         items: list[Any] = []
         errors: list[Exception] = []
         for index, item in enumerate(value):
             try:
-                items.append(converter.structure(item, item_type))
+                items.append(hook(item, item_type))
             except Exception as exc:
                 exc.__notes__ = [
                     *getattr(exc, "__notes__", []),
@@ -132,6 +139,32 @@ converter.register_structure_hook_factory(_is_tuple, _tuple_hooks)
 converter.register_unstructure_hook_factory(_is_tuple, _unstructure_tuple)
 
 
+def _is_optional(type_: Any) -> bool:
+    args = get_args(type_)
+    return len(args) == 2 and type(None) in args and get_origin(type_) in (Union, UnionType)
+
+
+def _optional_hooks(type_: Any) -> Callable[[Any, Any], Any]:
+    inner = next(arg for arg in get_args(type_) if arg is not type(None))
+    hook: Callable[[Any, Any], Any] | None = None
+
+    def structure_optional(value: Any, _: Any) -> Any:
+        # cattrs' own Optional hook looks the inner hook up on every value; records
+        # are mostly ``X | None`` fields, so resolve it once (lazily: a record may
+        # refer to itself).
+        nonlocal hook
+        if value is None:
+            return None
+        if hook is None:
+            hook = converter.get_structure_hook(inner)
+        return hook(value, inner)
+
+    return structure_optional
+
+
+converter.register_structure_hook_factory(_is_optional, _optional_hooks)
+
+
 def _is_record(type_: Any) -> bool:
     return isinstance(type_, type) and issubclass(type_, Record) and type_ is not Record
 
@@ -150,6 +183,8 @@ def _record_structure(cls: type[Record]) -> Callable[[Any, Any], Record]:
         if not isinstance(value, Mapping):
             raise _expected("an object", value)
         record = base(value, cls)
+        if value.keys() == known:
+            return record  # the usual case: exactly the documented fields, one set comparison
         extra = {key: item for key, item in value.items() if key not in known}
         absent = known.difference(value)
         # Filled after construction: they describe the payload, not the data, and
