@@ -1,0 +1,110 @@
+"""One worker process of the multi-process acceptance test (``python -m tests._redis_worker``).
+
+It builds an :class:`AsyncClient` on the emulator's URL with a governor on
+Redis (or in memory), prints ``ready``, waits for a line on stdin, then runs
+``calls`` distinct calls with ``tasks`` concurrent tasks and prints one JSON
+line: statuses counted, errors by type, elapsed seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import anyio
+
+from apientreprise_async import AsyncClient, Governor, Limits, Timeouts
+from apientreprise_async._errors import ApiEntrepriseError, ApiError, TransportError
+from apientreprise_async.backends import GovernorBackend, InMemoryBackend
+
+OP = "api_entreprise_v4_insee_unites_legales"
+RECIPIENT = "13002526500013"
+
+
+def siren(number: int) -> str:
+    """A SIREN with a valid Luhn key, distinct for each ``number`` below 10**8."""
+    body = f"{number:08d}"
+    total = 0
+    for index, char in enumerate(reversed(body)):
+        digit = int(char) * (2 if index % 2 == 0 else 1)
+        total += digit - 9 if digit > 9 else digit
+    return body + str((10 - total % 10) % 10)
+
+
+async def work(args: argparse.Namespace) -> dict[str, Any]:
+    """Wait for the go, run the calls, count what came back."""
+    backend: GovernorBackend
+    if args.backend == "redis":
+        from apientreprise_async.redis import RedisBackend
+
+        backend = RedisBackend(args.redis, prefix=args.prefix, workers=args.workers)
+    else:
+        backend = InMemoryBackend()
+    statuses: Counter[str] = Counter()
+    async with AsyncClient(
+        args.token,
+        base_url=args.url,
+        governor=Governor(Limits(period=args.period), backend=backend),
+        recipient=RECIPIENT,
+        context="acceptance",
+        object="redis",
+        check_maintenance=False,
+        coalesce=False,
+        circuit=None,
+        timeouts=Timeouts(json=args.timeout, connect=args.timeout),
+    ) as client:
+        print("ready", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.readline)
+        started = anyio.current_time()
+        numbers = iter(range(args.index * 1_000_000, (args.index + 1) * 1_000_000))
+        left = args.calls
+
+        async def task() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                try:
+                    await client.call(OP, siren=siren(next(numbers)))
+                    statuses["200"] += 1
+                except ApiError as exc:
+                    statuses[str(exc.http_status or "local")] += 1
+                except TransportError:
+                    statuses["no answer"] += 1  # a banned IP: the server stays silent
+                except ApiEntrepriseError as exc:
+                    statuses[type(exc).__name__] += 1
+
+        with anyio.move_on_after(args.deadline):
+            async with anyio.create_task_group() as tg:
+                for _ in range(args.tasks):
+                    tg.start_soon(task)
+        elapsed = anyio.current_time() - started
+    if args.backend == "redis":
+        await backend.aclose()  # type: ignore[attr-defined]
+    return {"statuses": dict(statuses), "elapsed": elapsed, "cpu": time.process_time()}
+
+
+def main() -> None:
+    """Parse the arguments, run on asyncio, print the result."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--backend", choices=["redis", "memory"], required=True)
+    parser.add_argument("--redis", default="")
+    parser.add_argument("--prefix", default="acceptance")
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--calls", type=int, default=375)
+    parser.add_argument("--tasks", type=int, default=50)
+    parser.add_argument("--period", type=float, default=1.0)
+    parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--deadline", type=float, default=30.0)
+    result = anyio.run(work, parser.parse_args(), backend="asyncio")
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
