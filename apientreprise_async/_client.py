@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import logging
 import os
 import pathlib
@@ -11,7 +12,7 @@ import secrets
 import time
 import warnings
 from collections.abc import Collection, Mapping
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Self, Unpack
 
 import anyio
@@ -126,6 +127,15 @@ def _server_identity(token: str, request: httpx.Request) -> tuple[str, bytes, by
             pair for pair in query.split(b"&") if pair.partition(b"=")[0] not in _TRACEABILITY_KEYS
         )
     return token, url.raw_scheme, url.netloc, path + b"?" + query
+
+
+@functools.lru_cache(maxsize=256)
+def _validated_traceability(
+    recipient: str | None, context: str | None, object_: str | None
+) -> Mapping[str, str]:
+    # Most calls repeat the client's defaults: check each triple once (a SIRET's
+    # Luhn sum included). Errors are not cached, so a bad triple fails every time.
+    return MappingProxyType(validate_traceability(recipient, context, object_))
 
 
 class _Silence(TransportError):
@@ -267,6 +277,7 @@ class AsyncClient(Resources):
         owns_http: bool,
     ) -> None:
         self._settings = settings
+        self._timeouts: dict[float, httpx.Timeout] = {}
         self._auth = auth
         self._governor = governor
         self._http = http
@@ -648,6 +659,15 @@ class AsyncClient(Resources):
                 ) from exc
             raise
 
+    def _timeout(self, read: float) -> httpx.Timeout:
+        """The request timeout for a read timeout, made once per value (settings are frozen)."""
+        timeout = self._timeouts.get(read)
+        if timeout is None:
+            timeout = httpx.Timeout(read, connect=self._settings.timeouts.connect)
+            if len(self._timeouts) < 64:  # per-call timeouts are free-form: keep the cache small
+                self._timeouts[read] = timeout
+        return timeout
+
     def _prepare(
         self,
         endpoint: Endpoint,
@@ -662,7 +682,7 @@ class AsyncClient(Resources):
         params: dict[str, Any] = {}
         if endpoint.traceability:
             params.update(
-                validate_traceability(
+                _validated_traceability(
                     recipient if recipient is not None else s.recipient,
                     context if context is not None else s.context,
                     object_ if object_ is not None else s.object,
@@ -753,7 +773,7 @@ class AsyncClient(Resources):
             self._settings.base_url + path,
             params=params,
             headers=headers,
-            timeout=httpx.Timeout(read, connect=self._settings.timeouts.connect),
+            timeout=self._timeout(read),
         )
         policy = self._settings.retry if retry is USE_DEFAULT else retry
 

@@ -113,6 +113,7 @@ class Telemetry:
         from ._version import version
 
         self.enabled = True
+        self._trace = trace
         self._tracer = trace.get_tracer("apientreprise_async", version())
         meter = metrics.get_meter("apientreprise_async", version())
         self._attempts = meter.create_counter(
@@ -128,6 +129,11 @@ class Telemetry:
     def span(self, operation_id: str) -> Any:
         """A span covering one call (a context manager), or ``None`` when disabled."""
         if not self.enabled:
+            return None
+        if isinstance(self._trace.get_tracer_provider(), self._trace.ProxyTracerProvider):
+            # No SDK configured (yet): the span would be a no-op, and costs a fifth
+            # of the client's own time per call. Checked per call, so that an SDK
+            # configured later is used at once.
             return None
         return self._tracer.start_as_current_span(
             f"API Entreprise {operation_id or 'GET'}",
