@@ -36,6 +36,22 @@ local CHANNEL = ARGV[3]
 local ORIGIN = ARGV[4]
 
 local function fmt(x) return string.format('%.6f', x) end
+local OUT = {'cap_at', 'outside', 'out_count', 'out_window', 'out_rate', 'out_prev',
+             'out_span', 'out_burst', 'out_exact', 'out_exact_at'}
+
+local function rate(b)
+  if b.out_prev > b.out_rate then return b.out_prev end
+  return b.out_rate
+end
+
+local function save_out(b)
+  local args = {}
+  for _, name in ipairs(OUT) do
+    table.insert(args, name)
+    table.insert(args, string.format('%.17g', b[name]))
+  end
+  redis.call('HSET', b.h, unpack(args))
+end
 local function int(x) return string.format('%d', x) end
 
 -- Load bucket i (keys 3i-2 .. 3i), creating it as InMemoryBackend._bucket does.
@@ -44,6 +60,9 @@ local function bucket(i, limit_req, op, probe)
   local f = redis.call('HMGET', h, 'limit', 'confirmed', 'granted', 'cap_left',
                        'cap_until', 'paused', 'kn')
   local b = {h = h, o = o, e = e}
+  -- Others' use of the token (see watch); 0 stands for -inf among times.
+  local g = redis.call('HMGET', h, unpack(OUT))
+  for i, name in ipairs(OUT) do b[name] = tonumber(g[i] or 0) end
   if not f[1] then
     b.limit = limit_req
     if op == '' or not probe then b.confirmed = 1 else b.confirmed = 0 end
@@ -87,12 +106,28 @@ local function ready(b, op, probe)
     when = tonumber(redis.call('ZRANGE', b.e, extra - 1, extra - 1, 'WITHSCORES')[2])
   end
   if b.cap_until > now then
-    if b.cap_left <= 0 then
+    local left = b.cap_left
+    if left <= 0 then
       if b.cap_until > when then when = b.cap_until end
-    elseif b.open > 0 and b.cap_left <= b.limit * 0.05 + 1 then
-      -- The endgame of a nearly spent server window: one call at a time.
-      return nil
+    elseif b.open > 0 then
+      local endgame = b.limit * 0.05 + 1
+      if b.outside == 1 then endgame = endgame + b.out_burst end
+      local age = now - b.cap_at
+      -- Others may have called since the answer that set the cap.
+      local stale = 0
+      if b.outside == 1 then stale = rate(b) * age end
+      if b.out_span > 0 and age > 0.05 * b.out_span and endgame > stale then
+        stale = endgame  -- too old a word: ask again first
+      end
+      if left - stale <= endgame or 2 * stale > endgame then
+        -- The endgame of a nearly spent server window (or an old word on it while
+        -- others use the token): one call at a time.
+        return nil
+      end
     end
+  elseif b.outside == 1 and b.open > 0 then
+    -- A window whose use by others is unknown yet: one probe call first.
+    return nil
   end
   if b.paused > when then when = b.paused end
   return when
@@ -102,13 +137,61 @@ local function cap(b, remaining, reset, others)
   if reset <= now then return end
   local left = remaining - others
   if b.cap_until > now and math.abs(reset - b.cap_until) < 0.5 * (reset - now) then
-    -- Same server window: each answer is a sound bound, the loosest is safe.
-    if left > b.cap_left then b.cap_left = left end
+    -- Same server window: each answer is a sound bound, the loosest is safe (less
+    -- what others used since).
+    local used = 0
+    if b.outside == 1 then used = rate(b) * (now - b.cap_at) end
+    if left >= b.cap_left - used then
+      b.cap_left = left
+      b.cap_at = now
+    end
   elseif reset > b.cap_until then
     b.cap_until = reset
     b.cap_left = left
+    b.cap_at = now
   end
-  redis.call('HSET', b.h, 'cap_until', fmt(b.cap_until), 'cap_left', int(b.cap_left))
+  redis.call('HSET', b.h, 'cap_until', fmt(b.cap_until), 'cap_left', int(b.cap_left),
+             'cap_at', fmt(b.cap_at))
+end
+
+-- From Remaining, how much of the server's window others (another program on
+-- the same token) used: all our workers' calls are in this bucket, so whatever
+-- else the window counted is theirs (a lower bound, exact once ours landed).
+local function watch(b, limit, remaining, reset, opened, counted_from)
+  if opened == nil or reset <= now then return end
+  local span = reset - opened
+  b.out_span = span
+  if math.abs(reset - b.out_window) >= 0.5 * span then
+    if reset < b.out_window then
+      save_out(b)
+      return  -- a late answer from a window already over
+    end
+    b.out_prev = b.out_rate
+    b.out_window = reset
+    b.out_count = 0
+    b.out_rate = 0
+    b.out_exact_at = 0
+    b.out_burst = b.out_burst * 0.5  -- forget slowly a burst not seen again
+  end
+  local ours = b.open + redis.call('ZCOUNT', b.e, counted_from, '+inf')
+  local seen = limit - remaining - ours
+  if now - b.out_exact_at <= 0.05 * span then
+    -- Shortly after an exact count, what others did beyond their rate: a burst.
+    local burst = seen - b.out_exact - rate(b) * (now - b.out_exact_at)
+    if burst > b.out_burst then b.out_burst = burst end
+  end
+  if b.open == 1 then
+    b.out_exact = seen
+    b.out_exact_at = now
+  end
+  if seen > b.out_count then
+    b.out_count = seen
+    b.outside = 1
+  end
+  if b.out_count > 0 then
+    b.out_rate = b.out_count / math.max(now - opened, 0.1 * span)
+  end
+  save_out(b)
 end
 
 -- Keys live while they mean something, then IDLE seconds more.
@@ -201,17 +284,17 @@ return out
 )
 
 #: ARGV: lease, idle, channel, origin, end delta ('' if unsent), feedback
-#: ('' or limit), remaining, reset delta, n, then per request: limit, op, probe,
-#: seq, mark, probing.
+#: ('' or limit), remaining, reset delta, opened delta ('' unknown), counted-from
+#: delta ('' unknown), n, then per request: limit, op, probe, seq, mark, probing.
 RELEASE = (
     _COMMON
     + r"""
 local end_delta = ARGV[5]
 local has_fb = ARGV[6] ~= ''
-local n = tonumber(ARGV[9])
+local n = tonumber(ARGV[11])
 local learned = ''
 for i = 1, n do
-  local base = 9 + 6 * (i - 1)
+  local base = 11 + 6 * (i - 1)
   local op, probe = ARGV[base + 2], ARGV[base + 3] == '1'
   local seq, mark, probing = ARGV[base + 4], tonumber(ARGV[base + 5]), ARGV[base + 6] == '1'
   local b = bucket(i, tonumber(ARGV[base + 1]), op, probe)
@@ -239,6 +322,10 @@ for i = 1, n do
         end
         redis.call('HDEL', b.h, 'p:' .. op)
       end
+      local opened, counted_from = nil, '+inf'
+      if ARGV[9] ~= '' then opened = now + tonumber(ARGV[9]) end
+      if ARGV[10] ~= '' then counted_from = fmt(now + tonumber(ARGV[10])) end
+      watch(b, limit, remaining, reset, opened, counted_from)
       -- Calls open at this one's grant, or granted since, may reach the server after it.
       local granted = tonumber(redis.call('HGET', b.h, 'granted') or 0)
       cap(b, remaining, reset, granted - 1 - mark)

@@ -115,7 +115,9 @@ class RedisBackend:
         lease: longest time a granted call may stay unanswered; the slot of a
             worker that died in between frees itself then.
         idle_ttl: how long keys outlive their last meaningful time.
-        recheck: in ``"local"`` mode, seconds between attempts to reach Redis again.
+        recheck: in ``"local"`` mode, seconds between attempts to reach Redis again;
+            also the longest a waiter blocked by another process's call in flight
+            sleeps should its wake-up message be lost.
         timeout: socket timeout of the client built from a URL.
 
     .. versionadded:: 0.1.0
@@ -284,7 +286,7 @@ class RedisBackend:
             wake_waiters(self, key)
 
     def _set_alarm(self, when: float) -> None:
-        """Wake every head at ``when``: a dead worker's open slot frees then, unreleased."""
+        """Wake every head at ``when`` (one timer per backend, the earliest wins)."""
         if when >= self._alarm_at:
             return
         if self._alarm is not None:
@@ -346,8 +348,13 @@ class RedisBackend:
             cap_remaining=int(cap_left) if capped else None,
             cap_until=base + float(cap_s) if capped else -_INF,
         )
-        if lease_s:
-            self._set_alarm(base + float(lease_s))
+        if ready is None:
+            # Pub/sub delivers at most once: should a wake-up be lost, look again after
+            # ``recheck`` at the latest (and when the first open lease ends).
+            when = base + self._recheck
+            if lease_s:
+                when = min(when, base + float(lease_s))
+            self._set_alarm(when)
         return ready
 
     # -- failure handling -----------------------------------------------------------------
@@ -412,8 +419,8 @@ class RedisBackend:
         if feedback is None:
             return None
         workers = self.workers
-        return Feedback(
-            max(1, feedback.limit // workers), feedback.remaining // workers, feedback.reset_at
+        return feedback._replace(
+            limit=max(1, feedback.limit // workers), remaining=feedback.remaining // workers
         )
 
     async def _flush(self) -> None:
@@ -526,9 +533,16 @@ class RedisBackend:
         now = anyio.current_time()
         args = [*self._common, "" if end is None else repr(end - now)]
         if feedback is None:
-            args += ["", "", ""]
+            args += ["", "", "", "", ""]
         else:
-            args += [str(feedback.limit), str(feedback.remaining), repr(feedback.reset_at - now)]
+            opened, counted = feedback.opened_at, feedback.counted_from
+            args += [
+                str(feedback.limit),
+                str(feedback.remaining),
+                repr(feedback.reset_at - now),
+                "" if opened == -_INF else repr(opened - now),
+                "" if counted == _INF else repr(counted - now),
+            ]
         args.append(str(len(grant.requests)))
         for request, seq, mark, probing in zip(
             grant.requests, seqs, grant.marks, grant.probing, strict=True

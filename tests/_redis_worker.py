@@ -82,6 +82,8 @@ async def work(args: argparse.Namespace) -> dict[str, Any]:
                 for _ in range(args.tasks):
                     tg.start_soon(task)
         elapsed = anyio.current_time() - started
+        if left > 0 or elapsed >= args.deadline:
+            print(repr(client.governor), client.governor.snapshot(), file=sys.stderr)
     if args.backend == "redis":
         await backend.aclose()  # type: ignore[attr-defined]
     return {"statuses": dict(statuses), "elapsed": elapsed, "cpu": time.process_time()}
