@@ -54,18 +54,15 @@ except ImportError:  # pragma: no cover - depends on the environment
         "apientreprise_async.redis needs redis-py: pip install 'apientreprise_async[redis]'"
     ) from None
 
-from . import _redis_lua
-from ._errors import ApiEntrepriseError
-from ._governor import IP_KEY, wake_waiters
-from .backends import (
-    Blocked,
-    BucketState,
-    Feedback,
-    Grant,
-    InMemoryBackend,
-    Learned,
-    SlotRequest,
-)
+# Modules, not names: this module's public names are exactly its ``__all__``.
+from . import _errors, _governor, _redis_lua
+from .backends import Blocked as _Blocked
+from .backends import BucketState as _BucketState
+from .backends import Feedback as _Feedback
+from .backends import Grant as _Grant
+from .backends import InMemoryBackend as _InMemoryBackend
+from .backends import Learned as _Learned
+from .backends import SlotRequest as _SlotRequest
 
 __all__ = ["FailMode", "RedisBackend", "RedisUnavailableError"]
 
@@ -80,10 +77,10 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
 )
 _INF = math.inf
-_LEARNED = {"same": Learned.SAME, "adopted": Learned.ADOPTED, "foreign": Learned.FOREIGN}
+_LEARNED = {"same": _Learned.SAME, "adopted": _Learned.ADOPTED, "foreign": _Learned.FOREIGN}
 
 
-class RedisUnavailableError(ApiEntrepriseError):
+class RedisUnavailableError(_errors.ApiEntrepriseError):
     """Redis could not be reached and the backend fails closed: nothing was sent.
 
     .. versionadded:: 0.1.0
@@ -167,15 +164,15 @@ class RedisBackend:
         }
         self._names: dict[str, str] = {}  # governor key -> Redis key
         self._keys: dict[str, str] = {}  # Redis key -> governor key
-        self._seqs: dict[int, tuple[Grant, tuple[str, ...]]] = {}
-        self._states: dict[str, BucketState] = {}
+        self._seqs: dict[int, tuple[_Grant, tuple[str, ...]]] = {}
+        self._states: dict[str, _BucketState] = {}
         self._paused: dict[str, float] = {}
         self._pending: dict[str, float] = {}  # pauses not yet written to Redis
         # Local mode.
-        self._local = InMemoryBackend()
-        self._local_grants: dict[int, Grant] = {}
-        self._local_grants_requests: dict[int, Sequence[SlotRequest]] = {}
-        self._local_ends: dict[str, tuple[SlotRequest, list[float]]] = {}
+        self._local = _InMemoryBackend()
+        self._local_grants: dict[int, _Grant] = {}
+        self._local_grants_requests: dict[int, Sequence[_SlotRequest]] = {}
+        self._local_ends: dict[str, tuple[_SlotRequest, list[float]]] = {}
         self._down = False
         self._retry_at = -_INF
         # Wake-ups.
@@ -275,7 +272,7 @@ class RedisBackend:
         if key is None:
             return
         if kind == "w":
-            wake_waiters(self, key)
+            _governor.wake_waiters(self, key)
         elif kind == "p" and rest:
             until = anyio.current_time() + float(rest[0])
             if until > self._paused.get(key, -_INF):
@@ -283,7 +280,7 @@ class RedisBackend:
 
     def _wake_all(self) -> None:
         for key in list(self._keys.values()):
-            wake_waiters(self, key)
+            _governor.wake_waiters(self, key)
 
     def _set_alarm(self, when: float) -> None:
         """Wake every head at ``when`` (one timer per backend, the earliest wins)."""
@@ -306,7 +303,7 @@ class RedisBackend:
         """The Redis key of a bucket: the token part hashed again with ``key``."""
         name = self._names.get(key)
         if name is None:
-            if key == IP_KEY:
+            if key == _governor.IP_KEY:
                 name = self._ip_name
             else:
                 token, sep, rest = key.partition("/")
@@ -316,7 +313,7 @@ class RedisBackend:
             self._keys[name] = key
         return name
 
-    def _keys_of(self, requests: Sequence[SlotRequest]) -> list[str]:
+    def _keys_of(self, requests: Sequence[_SlotRequest]) -> list[str]:
         keys: list[str] = []
         for request in requests:
             name = self._name(request.key)
@@ -324,7 +321,7 @@ class RedisBackend:
         return keys
 
     @staticmethod
-    def _request_args(request: SlotRequest) -> tuple[str, str, str]:
+    def _request_args(request: _SlotRequest) -> tuple[str, str, str]:
         return (str(request.limit), request.op or "", "1" if request.probe else "0")
 
     def _mirror(self, key: str, fields: Sequence[Any], base: float) -> float | None:
@@ -337,7 +334,7 @@ class RedisBackend:
         if paused > self._paused.get(key, -_INF):
             self._paused[key] = paused
         capped = bool(cap_s)
-        self._states[key] = BucketState(
+        self._states[key] = _BucketState(
             key=key,
             limit=int(limit),
             confirmed=confirmed == "1",
@@ -400,7 +397,7 @@ class RedisBackend:
             if live:
                 await self._occupy(request, live)
 
-    async def _occupy(self, request: SlotRequest, ends: Sequence[float]) -> None:
+    async def _occupy(self, request: _SlotRequest, ends: Sequence[float]) -> None:
         now = anyio.current_time()
         await self._scripts["OCCUPY"](
             keys=self._keys_of([request]),
@@ -412,10 +409,10 @@ class RedisBackend:
             ],
         )
 
-    def _divided(self, request: SlotRequest) -> SlotRequest:
+    def _divided(self, request: _SlotRequest) -> _SlotRequest:
         return request._replace(limit=max(1, request.limit // self.workers))
 
-    def _divided_feedback(self, feedback: Feedback | None) -> Feedback | None:
+    def _divided_feedback(self, feedback: _Feedback | None) -> _Feedback | None:
         if feedback is None:
             return None
         workers = self.workers
@@ -445,14 +442,14 @@ class RedisBackend:
 
     # -- the protocol ---------------------------------------------------------------------
 
-    async def _local_acquire(self, requests: Sequence[SlotRequest]) -> Grant | Blocked:
+    async def _local_acquire(self, requests: Sequence[_SlotRequest]) -> _Grant | _Blocked:
         result = await self._local.acquire([self._divided(r) for r in requests])
-        if type(result) is Grant:
+        if type(result) is _Grant:
             self._local_grants[id(result)] = result
             self._local_grants_requests[id(result)] = requests  # undivided, for Redis later
         return result
 
-    async def acquire(self, requests: Sequence[SlotRequest]) -> Grant | Blocked:
+    async def acquire(self, requests: Sequence[_SlotRequest]) -> _Grant | _Blocked:
         """Take one slot in every bucket of ``requests`` if all are free now, else none."""
         if self._use_local():
             return await self._local_acquire(requests)
@@ -468,7 +465,7 @@ class RedisBackend:
             return await self._local_acquire(requests)
         base = anyio.current_time()
         if _text(reply[0]) == "b":
-            return Blocked(
+            return _Blocked(
                 tuple(
                     self._mirror(r.key, reply[1 + 9 * i : 10 + 9 * i], base)
                     for i, r in enumerate(requests)
@@ -481,11 +478,11 @@ class RedisBackend:
             seqs.append(_text(reply[at + 1]))
             probing.append(_text(reply[at + 2]) == "1")
             self._mirror(request.key, reply[at + 3 : at + 12], base)
-        grant = Grant(tuple(requests), tuple(probing), tuple(marks))
+        grant = _Grant(tuple(requests), tuple(probing), tuple(marks))
         self._seqs[id(grant)] = (grant, tuple(seqs))
         return grant
 
-    async def ready(self, requests: Sequence[SlotRequest]) -> tuple[float | None, ...]:
+    async def ready(self, requests: Sequence[_SlotRequest]) -> tuple[float | None, ...]:
         """Earliest grant time per request, without taking anything."""
         if not self._use_local():
             args = [*self._common, "r", str(len(requests))]
@@ -510,8 +507,8 @@ class RedisBackend:
         return await self._local.ready([self._divided(r) for r in requests])
 
     async def release(
-        self, grant: Grant, *, end: float | None, feedback: Feedback | None = None
-    ) -> Learned | None:
+        self, grant: _Grant, *, end: float | None, feedback: _Feedback | None = None
+    ) -> _Learned | None:
         """Give the slots of ``grant`` back (see the protocol); never raises for Redis."""
         local = self._local_grants.pop(id(grant), None)
         if local is not None:
@@ -558,7 +555,7 @@ class RedisBackend:
             return None
         return _LEARNED.get(_text(reply))
 
-    async def seed(self, request: SlotRequest, feedback: Feedback) -> None:
+    async def seed(self, request: _SlotRequest, feedback: _Feedback) -> None:
         """Create (or correct) a bucket whose real limit is already known."""
         if not self._use_local():
             now = anyio.current_time()
@@ -580,7 +577,7 @@ class RedisBackend:
         await self._local.seed(self._divided(request), divided)
 
     def pause(self, key: str, until: float) -> None:
-        """Grant nothing in ``key`` before ``until``, here at once, elsewhere on the next call."""
+        """_Grant nothing in ``key`` before ``until``, here at once, elsewhere on the next call."""
         if until > self._paused.get(key, -_INF):
             self._paused[key] = until
         self._pending[key] = max(until, self._pending.get(key, -_INF))
@@ -590,7 +587,7 @@ class RedisBackend:
         """End of ``key``'s pause as last seen (``-inf`` when none)."""
         return self._paused.get(key, -_INF)
 
-    async def estimate(self, request: SlotRequest, position: int, hold: float) -> float:
+    async def estimate(self, request: _SlotRequest, position: int, hold: float) -> float:
         """When a call with ``position`` calls ahead would get a slot (a lower bound)."""
         if not self._use_local():
             args = [*self._common, *self._request_args(request), str(position), repr(hold)]
@@ -603,7 +600,7 @@ class RedisBackend:
                 self._unreachable(exc, refuse=True)
         return await self._local.estimate(self._divided(request), position, hold)
 
-    def snapshot(self) -> Mapping[str, BucketState]:
+    def snapshot(self) -> Mapping[str, _BucketState]:
         """What this process last heard of every bucket (each script reply updates it)."""
         if self._down:
             return {**self._states, **self._local.snapshot()}
