@@ -262,6 +262,48 @@ async def test_checkpoint_resume_skips_done_and_repairs_a_cut_line(tmp_path: pat
     assert out.read_bytes().endswith(b"\n")
 
 
+async def test_duplicates_give_one_line_per_occurrence_in_a_fresh_run(
+    tmp_path: pathlib.Path,
+) -> None:
+    """An input listed three times is called three times and written three times."""
+    out = tmp_path / "out.jsonl"
+    inputs = [KNOWN[0], UNKNOWN, KNOWN[0], MALFORMED, KNOWN[0], UNKNOWN, MALFORMED]
+    emu = emulator(period=1.0)
+    async with client_for(emu) as client:
+        seen = await drain(client.batch([UL, ETAB], inputs, output=out))
+    assert len(inputs) * 2 == len(seen)
+    lines = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+    expected = sorted((i, s, op) for i, s in enumerate(inputs) for op in (UL, ETAB))
+    assert expected == sorted((line["index"], line["input"], line["operation"]) for line in lines)
+    # Malformed ones never leave; UL is called for each of the five others.
+    assert 5 == sum(1 for r in emu.requests if r.operation_id == UL)
+
+
+async def test_resume_with_duplicates_completes_to_one_line_per_occurrence(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A partial output counts occurrences: each line written accounts for one, not all."""
+    out = tmp_path / "out.jsonl"
+    inputs = [KNOWN[0], KNOWN[1], KNOWN[0], UNKNOWN, KNOWN[0], KNOWN[1], UNKNOWN]
+    async with client_for(emulator(period=1.0)) as client:
+        # As if killed after three outcomes: KNOWN[0] twice, KNOWN[1] once.
+        async with client.batch(UL, inputs[:3], output=out) as outcomes:
+            assert 3 == sum([1 async for _ in outcomes])
+        with out.open("ab") as broken:
+            broken.write(b'{"input":"' + UNKNOWN.encode() + b'","operat')  # cut by kill -9
+        async with client.batch(UL, inputs, output=out) as outcomes:
+            again = [o async for o in outcomes]
+        assert 3 == outcomes.stats.resumed
+        assert 3 == outcomes.stats.skipped
+        assert [3, 4, 5, 6] == sorted(o.index for o in again)
+        # A third run over the same inputs has nothing left to do.
+        async with client.batch(UL, inputs, output=out) as outcomes:
+            assert [] == [o async for o in outcomes]
+        assert len(inputs) == outcomes.stats.skipped
+    lines = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+    assert sorted(enumerate(inputs)) == sorted((line["index"], line["input"]) for line in lines)
+
+
 async def test_an_output_that_is_not_ours_is_refused(tmp_path: pathlib.Path) -> None:
     """A complete line that is not an outcome stops the batch before any call."""
     out = tmp_path / "out.jsonl"

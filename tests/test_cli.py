@@ -156,6 +156,32 @@ def test_batch_resumes_exactly_once_after_sigkill(
     assert all(line["status"] == "not_found" for line in lines_of(out))
 
 
+def test_batch_writes_each_input_line_once_with_duplicates_and_on_resume(
+    served: tuple[Emulator, str], tmp_path: pathlib.Path
+) -> None:
+    """An input listed twice gets two lines, fresh or resumed; a rerun tops up to exactly that."""
+    emulator, url = served
+    ids = [KNOWN[0], KNOWN[1], KNOWN[0], "418166096", KNOWN[0], "418166096"]
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(ids) + "\n", "utf-8")
+    out = tmp_path / "out.jsonl"
+    args = ["batch", UL, "--input", str(source), "--output", str(out), "--concurrency", "1"]
+    done = cli(*args, environ=env(url))
+    assert 0 == done.returncode, done.stderr
+    assert sorted(enumerate(ids)) == sorted(
+        (line["index"], line["input"]) for line in lines_of(out)
+    )
+    assert len(ids) == len(emulator.requests)
+    # As if killed after three lines (one worker: the first three inputs), then rerun.
+    out.write_bytes(b"".join(out.read_bytes().splitlines(keepends=True)[:3]))
+    done = cli(*args, environ=env(url))
+    assert 0 == done.returncode, done.stderr
+    assert sorted(enumerate(ids)) == sorted(
+        (line["index"], line["input"]) for line in lines_of(out)
+    )
+    assert len(ids) + 3 == len(emulator.requests)
+
+
 def test_call_prints_json_and_reports_errors_in_one_line(served: tuple[Emulator, str]) -> None:
     """`call` prints the answer as JSON; a 404 is one line on stderr and exit code 1."""
     _, url = served
