@@ -286,6 +286,8 @@ return out
 #: ARGV: lease, idle, channel, origin, end delta ('' if unsent), feedback
 #: ('' or limit), remaining, reset delta, opened delta ('' unknown), counted-from
 #: delta ('' unknown), n, then per request: limit, op, probe, seq, mark, probing.
+#: Returns what the answer taught ('', 'same', 'adopted', 'foreign'), then per
+#: request '1' if a waiter was flagged and woken by a message, else '0'.
 RELEASE = (
     _COMMON
     + r"""
@@ -293,6 +295,7 @@ local end_delta = ARGV[5]
 local has_fb = ARGV[6] ~= ''
 local n = tonumber(ARGV[11])
 local learned = ''
+local woke = {}
 for i = 1, n do
   local base = 11 + 6 * (i - 1)
   local op, probe = ARGV[base + 2], ARGV[base + 3] == '1'
@@ -346,15 +349,20 @@ for i = 1, n do
   end
   -- Wake waiters elsewhere only when it can help them: one waits for a
   -- release, a slot was freed for one waiting for a time, or the limit moved.
+  -- The caller wakes its own waiters of the buckets marked '1' (it ignores its own
+  -- messages): one of them may have set the flag, its reply still on the way.
   local flags = redis.call('HMGET', b.h, 'w', 'q')
+  woke[i] = '0'
   if flags[1] or (flags[2] and end_delta == '')
       or (i == 1 and learned ~= '' and learned ~= 'same') then
     redis.call('HDEL', b.h, 'w', 'q')
     redis.call('PUBLISH', CHANNEL, ORIGIN .. ' w ' .. b.h)
+    woke[i] = '1'
   end
   expire(b)
 end
-return learned
+table.insert(woke, 1, learned)
+return woke
 """
 )
 

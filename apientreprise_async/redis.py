@@ -96,7 +96,10 @@ class RedisBackend:
 
     Args:
         redis: a ``redis://`` URL, or a ``redis.asyncio.Redis`` client (left
-            open by :meth:`aclose`).
+            open by :meth:`aclose`). A client given should use a
+            ``BlockingConnectionPool`` (as one built from a URL does), or a pool
+            larger than the calls in flight at once: a full default pool raises,
+            which reads as Redis being unreachable.
         prefix: the start of every key and of the wake-up channel; give each
             application its own. Wrap it in braces (``"{myapp}"``) on a Redis
             Cluster so that all keys share one slot.
@@ -113,8 +116,9 @@ class RedisBackend:
             worker that died in between frees itself then.
         idle_ttl: how long keys outlive their last meaningful time.
         recheck: in ``"local"`` mode, seconds between attempts to reach Redis again;
-            also the longest a waiter blocked by another process's call in flight
-            sleeps should its wake-up message be lost.
+            also a last resort for a waiter blocked by another process's call in
+            flight: it looks again after that long should a wake-up message be
+            lost (pub/sub delivers at most once, e.g. across a reconnection).
         timeout: socket timeout of the client built from a URL.
 
     .. versionadded:: 0.1.0
@@ -142,9 +146,17 @@ class RedisBackend:
         if not lease > 0 or idle_ttl < 0 or not recheck > 0:
             raise ValueError("lease and recheck must be positive, idle_ttl not negative")
         if isinstance(redis, str):
-            self._redis = aioredis.Redis.from_url(
-                redis, socket_timeout=timeout, socket_connect_timeout=timeout
+            # A blocking pool: past its size, a call waits for a connection. redis-py's
+            # default pool raises instead (MaxConnectionsError, a ConnectionError),
+            # which would pass for Redis being down.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                redis,
+                max_connections=100,
+                timeout=None,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
             )
+            self._redis = aioredis.Redis(connection_pool=pool)
             self._owns = True
         else:
             self._redis = redis
@@ -176,6 +188,7 @@ class RedisBackend:
         self._down = False
         self._retry_at = -_INF
         # Wake-ups.
+        self._woken: dict[str, int] = {}  # governor key -> wake-ups delivered so far
         self._listener: asyncio.Task[None] | None = None
         self._alarm: asyncio.TimerHandle | None = None
         self._alarm_at = _INF
@@ -225,7 +238,7 @@ class RedisBackend:
         if task is not None and not task.cancelled() and task.exception() is not None:
             _logger.error("the wake-up listener had failed", exc_info=task.exception())
         if self._owns:
-            await self._redis.aclose()
+            await self._redis.aclose(close_connection_pool=True)
 
     def _ensure_listener(self) -> None:
         if self._closed:
@@ -267,20 +280,62 @@ class RedisBackend:
     def _on_message(self, data: str) -> None:
         origin, kind, name, *rest = data.split(" ")
         if origin == self._origin:
-            return  # this process woke its own waiters already
+            return  # release() woke this process's waiters from the script's reply
         key = self._keys.get(name)
         if key is None:
             return
         if kind == "w":
-            _governor.wake_waiters(self, key)
+            self._wake(key)
         elif kind == "p" and rest:
             until = anyio.current_time() + float(rest[0])
             if until > self._paused.get(key, -_INF):
                 self._paused[key] = until
 
+    def _wake(self, key: str) -> None:
+        """A release may help ``key``'s waiters: wake its heads, and count it.
+
+        The count catches a wake-up that lands while a waiter's own script is on
+        its way back (see :meth:`_raced`): that waiter is in no queue to wake yet
+        (the IP queue is joined after the reply) or acts on a reply already stale.
+        """
+        self._woken[key] = self._woken.get(key, 0) + 1
+        _governor.wake_waiters(self, key)
+
     def _wake_all(self) -> None:
         for key in list(self._keys.values()):
-            _governor.wake_waiters(self, key)
+            self._wake(key)
+
+    def _raced(
+        self, requests: Sequence[_SlotRequest], ready: Sequence[float | None], seen: list[int]
+    ) -> list[bool]:
+        """Per request: a script found it waiting for a release, and a wake-up for
+        its bucket arrived during the round trip (``seen``: the counts before), so
+        the reply may already be stale.
+        """
+        woken = self._woken
+        return [
+            when is None and woken.get(r.key, 0) != before
+            for r, when, before in zip(requests, ready, seen, strict=True)
+        ]
+
+    def _blocked_ready(
+        self, requests: Sequence[_SlotRequest], reply: Sequence[Any], seen: list[int], last: bool
+    ) -> tuple[float | None, ...] | None:
+        """The ready times of a blocked reply; ``None``: raced by a wake-up, ask again.
+
+        On a second race in a row, a raced bucket reads "now" (look again at once)
+        rather than "after a release", which may have come and gone.
+        """
+        base = anyio.current_time()
+        ready = [
+            self._mirror(r.key, reply[1 + 9 * i : 10 + 9 * i], base) for i, r in enumerate(requests)
+        ]
+        raced = self._raced(requests, ready, seen)
+        if not any(raced):
+            return tuple(ready)
+        if not last:
+            return None
+        return tuple(base if r else when for when, r in zip(ready, raced, strict=True))
 
     def _set_alarm(self, when: float) -> None:
         """Wake every head at ``when`` (one timer per backend, the earliest wins)."""
@@ -456,21 +511,21 @@ class RedisBackend:
         args = [*self._common, "a", str(len(requests))]
         for request in requests:
             args += self._request_args(request)
-        try:
-            await self._flush()
-            reply = await self._scripts["ACQUIRE"](keys=self._keys_of(requests), args=args)
-            await self._reachable()
-        except _UNREACHABLE as exc:
-            self._unreachable(exc, refuse=True)
-            return await self._local_acquire(requests)
+        for last in (False, True):
+            seen = [self._woken.get(r.key, 0) for r in requests]
+            try:
+                await self._flush()
+                reply = await self._scripts["ACQUIRE"](keys=self._keys_of(requests), args=args)
+                await self._reachable()
+            except _UNREACHABLE as exc:
+                self._unreachable(exc, refuse=True)
+                return await self._local_acquire(requests)
+            if _text(reply[0]) != "b":
+                break
+            ready = self._blocked_ready(requests, reply, seen, last)
+            if ready is not None:
+                return _Blocked(ready)
         base = anyio.current_time()
-        if _text(reply[0]) == "b":
-            return _Blocked(
-                tuple(
-                    self._mirror(r.key, reply[1 + 9 * i : 10 + 9 * i], base)
-                    for i, r in enumerate(requests)
-                )
-            )
         marks, seqs, probing = [], [], []
         for i, request in enumerate(requests):
             at = 1 + 12 * i
@@ -484,10 +539,13 @@ class RedisBackend:
 
     async def ready(self, requests: Sequence[_SlotRequest]) -> tuple[float | None, ...]:
         """Earliest grant time per request, without taking anything."""
-        if not self._use_local():
-            args = [*self._common, "r", str(len(requests))]
-            for request in requests:
-                args += self._request_args(request)
+        args = [*self._common, "r", str(len(requests))]
+        for request in requests:
+            args += self._request_args(request)
+        for last in (False, True):
+            if self._use_local():
+                break
+            seen = [self._woken.get(r.key, 0) for r in requests]
             try:
                 await self._flush()
                 reply = await self._scripts["ACQUIRE"](keys=self._keys_of(requests), args=args)
@@ -498,12 +556,10 @@ class RedisBackend:
                 self._unreachable(exc, refuse=False)
                 if self.fail_mode == "closed":
                     return (anyio.current_time(),) * len(requests)
-            else:
-                base = anyio.current_time()
-                return tuple(
-                    self._mirror(r.key, reply[1 + 9 * i : 10 + 9 * i], base)
-                    for i, r in enumerate(requests)
-                )
+                break
+            ready = self._blocked_ready(requests, reply, seen, last)
+            if ready is not None:
+                return ready
         return await self._local.ready([self._divided(r) for r in requests])
 
     async def release(
@@ -553,7 +609,13 @@ class RedisBackend:
             _logger.warning("Redis unreachable at release (%s): the slots free at lease end", exc)
             self._unreachable(exc, refuse=False)
             return None
-        return _LEARNED.get(_text(reply))
+        for request, woke in zip(grant.requests, reply[1:], strict=True):
+            if _text(woke) == "1":
+                # Its message is ignored here: wake this process's waiters now. The
+                # governor wakes only a head already asleep; the flag may come from a
+                # head whose acquire is still on its way back.
+                self._wake(request.key)
+        return _LEARNED.get(_text(reply[0]))
 
     async def seed(self, request: _SlotRequest, feedback: _Feedback) -> None:
         """Create (or correct) a bucket whose real limit is already known."""
