@@ -36,12 +36,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import NamedTuple
 
 import anyio
 import attrs
 
 from ._catalogue import GROUP_LIMITS, IP_LIMIT, Endpoint
+from ._clock import current_time
 from ._errors import RateLimitError, retry_after_seconds
 from ._response import parse_rate_limit
 from .backends import (
@@ -53,6 +53,7 @@ from .backends import (
     InMemoryBackend,
     Learned,
     SlotRequest,
+    _Lane,
 )
 
 __all__ = [
@@ -197,11 +198,24 @@ class GovernorSnapshot:
     counters: Counters
 
 
-class _Route(NamedTuple):
-    """Where the calls of one (token, operation) go."""
+class _Route:
+    """Where the calls of one (token, operation) go, and the queues of those buckets."""
 
-    requests: tuple[SlotRequest, SlotRequest]
-    configured: int
+    __slots__ = ("bucket_queue", "configured", "ip_queue", "lane", "requests")
+
+    def __init__(
+        self,
+        requests: tuple[SlotRequest, SlotRequest],
+        configured: int,
+        bucket_queue: _Queue,
+        ip_queue: _Queue,
+    ) -> None:
+        self.requests = requests
+        self.configured = configured
+        self.bucket_queue = bucket_queue
+        self.ip_queue = ip_queue
+        # Its buckets, found once, for the in-memory backend's hot path.
+        self.lane = _Lane(requests)
 
 
 class _Entry:
@@ -263,7 +277,7 @@ class _Waiter:
         if scope is None or self.event is None:
             # Not asleep (between two awaits): it reads this before sleeping again.
             self.kicked = min(self.kicked, when)
-        elif when == -_INF or when <= anyio.current_time():
+        elif when == -_INF or when <= current_time():
             self.event.set()  # wake now: far cheaper than a deadline's cancellation
         elif when < scope.deadline:
             scope.deadline = when
@@ -341,6 +355,7 @@ class Permit:
         "_governor",
         "_grant",
         "_max_wait",
+        "_route",
         "_sent",
         "_token",
     )
@@ -356,6 +371,8 @@ class Permit:
         self._sent = False
         self._answered: float | None = None
         self._feedback: Feedback | None = None
+        # The route of a grant taken on the hot path, whose queues then need no lookup.
+        self._route: _Route | None = None
 
     def __repr__(self) -> str:
         state = "sent" if self._sent else "granted" if self._grant else "idle"
@@ -367,17 +384,18 @@ class Permit:
         route = governor._routes.get((self._token, endpoint.operation_id))
         if route is None:
             route = governor._route(self._token, endpoint)
-        # The hot path, inlined: nobody queued, both buckets free.
-        queues = governor._queues
-        bucket_queue = queues.get(route.requests[0].key)
-        ip_queue = queues.get(IP_KEY)
-        if (bucket_queue is None or not bucket_queue.size) and (
-            ip_queue is None or not ip_queue.size
-        ):
-            result = await governor._backend.acquire(route.requests)
+        # The hot path, inlined: nobody queued (FIFO: never overtake a waiter), both
+        # buckets free. In memory, no coroutine: acquiring never waits there.
+        if not route.bucket_queue.size and not route.ip_queue.size:
+            memory = governor._memory
+            if memory is not None:
+                result = memory._acquire_lane(route.lane)
+            else:
+                result = await governor._backend.acquire(route.requests)
             if type(result) is Grant:
                 governor._grants += 1
                 self._grant = result
+                self._route = route
                 return self
         self._grant = await governor._admit(self._token, endpoint, route, self._max_wait)
         return self
@@ -389,9 +407,43 @@ class Permit:
         tb: TracebackType | None,
     ) -> None:
         grant = self._grant
-        if grant is not None:
-            self._grant = None
-            await self._governor._finish(self, grant)
+        if grant is None:
+            return
+        self._grant = None
+        governor = self._governor
+        memory = governor._memory
+        if memory is None:
+            await governor._finish(self, grant)
+            return
+        # In memory, the same as _finish without its coroutines.
+        route = self._route
+        feedback = self._feedback
+        end: float | None
+        if self._sent:
+            answered = self._answered
+            end = (answered if answered is not None else current_time()) + governor._hold
+            if feedback is None:
+                # The hot path: nothing to learn.
+                memory._release_sent(grant, end, None if route is None else route.lane)
+                changed = False
+            else:
+                learned = memory.release_now(grant, end=end, feedback=feedback)
+                changed = learned is not None and learned is not Learned.SAME
+                if learned is not None and changed:
+                    await governor._learned(memory, self, grant, learned, feedback)
+        else:
+            end = None
+            learned = memory.release_now(grant, end=None, feedback=feedback)
+            changed = learned is not None and learned is not Learned.SAME
+            if learned is not None and changed and feedback is not None:
+                await governor._learned(memory, self, grant, learned, feedback)
+        if (
+            route is None
+            or route.requests is not grant.requests
+            or route.bucket_queue.size
+            or route.ip_queue.size
+        ):
+            governor._wake_heads(grant, end, changed)
 
     @property
     def operation_id(self) -> str:
@@ -410,11 +462,18 @@ class Permit:
             raise RuntimeError("Permit.sending() called outside its context")
         if self._sent:
             return
+        governor = self._governor
+        memory = governor._memory
+        if memory is None or memory._paused_any != -_INF:
+            self._check_pauses(grant)
+        self._sent = True
+
+    def _check_pauses(self, grant: Grant) -> None:
         backend = self._governor._backend
         for request in grant.requests:
             paused = backend.paused_until(request.key)
             if paused != -_INF:
-                now = anyio.current_time()
+                now = current_time()
                 if paused > now:
                     self._governor._rejections += 1
                     raise RateLimitError(
@@ -423,7 +482,6 @@ class Permit:
                         local=True,
                         operation_id=self.operation_id,
                     )
-        self._sent = True
 
     def observe(self, status: int, headers: Mapping[str, str]) -> None:
         """Learn from the answer: ``RateLimit-*`` headers, and a 429's ``Retry-After``.
@@ -432,7 +490,7 @@ class Permit:
         exits; a 429's pause takes effect at once.
         """
         governor = self._governor
-        now = anyio.current_time()
+        now = current_time()
         self._answered = now
         headers = _lower(headers)
         rate_limit = parse_rate_limit(headers)
@@ -495,6 +553,16 @@ class Governor:
         self.limits = limits or Limits()
         self._backend: GovernorBackend = default_backend() if backend is None else backend
         self._queues = _queues_for(self._backend)
+        # The in-memory backend, when its coroutines can be skipped: nothing in
+        # it waits, so its synchronous twins do the same, a coroutine cheaper.
+        backend_type = type(self._backend)
+        self._memory: InMemoryBackend | None = (
+            self._backend
+            if isinstance(self._backend, InMemoryBackend)
+            and backend_type.acquire is InMemoryBackend.acquire
+            and backend_type.release is InMemoryBackend.release
+            else None
+        )
         self._wall_clock = wall_clock
         self._routes: dict[tuple[str, str], _Route] = {}
         self._logged: set[str] = set()
@@ -504,6 +572,16 @@ class Governor:
         self._rate_limited = 0
         self._rejections = 0
         self._wakeups = 0
+
+    @property
+    def limits(self) -> Limits:
+        """The limits this governor respects."""
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: Limits) -> None:
+        self._limits = limits
+        self._hold = limits.hold
 
     def __repr__(self) -> str:
         queued = sum(q.size for q in self._queues.values())
@@ -552,7 +630,7 @@ class Governor:
             key: BucketSnapshot._of(state, self._queued(key))
             for key, state in backend.snapshot().items()
         }
-        return GovernorSnapshot(anyio.current_time(), buckets, self.counters)
+        return GovernorSnapshot(current_time(), buckets, self.counters)
 
     def _queued(self, key: str) -> int:
         queue = self._queues.get(key)
@@ -569,7 +647,12 @@ class Governor:
             limits = self.limits
             name, limit = limits.bucket_for(endpoint)
             bucket = SlotRequest(f"{token}/{name}", limit, endpoint.operation_id, limits.slow_start)
-            route = _Route((bucket, SlotRequest(IP_KEY, limits.ip)), limit)
+            route = _Route(
+                (bucket, SlotRequest(IP_KEY, limits.ip)),
+                limit,
+                self._queue(bucket.key),
+                self._queue(IP_KEY),
+            )
             self._routes[(token, endpoint.operation_id)] = route
         return route
 
@@ -592,7 +675,7 @@ class Governor:
         self, backend: GovernorBackend, route: _Route, endpoint: Endpoint, max_wait: float
     ) -> None:
         """Refuse at once a call whose slot would come after ``max_wait``."""
-        now = anyio.current_time()
+        now = current_time()
         when = await self._eta(backend, route)
         if when - now > max_wait:
             self._rejections += 1
@@ -624,7 +707,7 @@ class Governor:
         route: _Route,
         max_wait: float | None,
     ) -> Grant:
-        start = anyio.current_time()
+        start = current_time()
         deadline = None if max_wait is None else start + max_wait
         waiter = _Waiter(route)
         bucket_queue = self._queue(route.requests[0].key)
@@ -650,7 +733,7 @@ class Governor:
                 if type(result) is Grant:
                     granted = True
                     self._grants += 1
-                    self._wait_time += anyio.current_time() - start
+                    self._wait_time += current_time() - start
                     was_ip = waiter.ip_entry is not None
                     self._leave(waiter, bucket_queue, ip_queue)
                     await self._schedule_head(backend, bucket_queue)
@@ -659,7 +742,7 @@ class Governor:
                     return result
                 assert isinstance(result, Blocked)
                 bucket_ready, ip_ready = result.ready
-                now = anyio.current_time()
+                now = current_time()
                 if bucket_ready is None or bucket_ready > now:
                     if waiter.ip_entry is not None:
                         ip_queue.remove(waiter.ip_entry)
@@ -697,7 +780,7 @@ class Governor:
         if bucket_ready is None:
             # Its bucket waits for an answer: a release wakes it (or it steps out of the IP queue).
             when = -_INF if queued_for_ip else _INF
-        elif bucket_ready > anyio.current_time():
+        elif bucket_ready > current_time():
             when = -_INF if queued_for_ip else bucket_ready
         elif ip_ready is None:
             when = _INF if queued_for_ip else -_INF
@@ -718,7 +801,7 @@ class Governor:
         when = _INF if until is None else until
         waiter.for_release = when == _INF
         if deadline is not None and when >= deadline:
-            now = anyio.current_time()
+            now = current_time()
             if now >= deadline:
                 self._rejections += 1
                 eta = await self._eta(self._backend, waiter.route)
@@ -732,7 +815,7 @@ class Governor:
         if waiter.kicked != _INF:
             when = min(when, waiter.kicked)
             waiter.kicked = _INF
-            if when <= anyio.current_time():
+            if when <= current_time():
                 return  # woken before it fell asleep: look again at once
         event = waiter.event = anyio.Event()
         with anyio.CancelScope(deadline=when) as scope:
@@ -749,29 +832,27 @@ class Governor:
         backend = self._backend
         if permit._sent:
             answered = permit._answered
-            end: float | None = (
-                answered if answered is not None else anyio.current_time()
-            ) + self.limits.hold
+            end: float | None = (answered if answered is not None else current_time()) + self._hold
         else:
             end = None
         feedback = permit._feedback
         learned = await backend.release(grant, end=end, feedback=feedback)
-        if learned is not None and learned is not Learned.SAME and feedback is not None:
+        changed = learned is not None and learned is not Learned.SAME
+        if changed and learned is not None and feedback is not None:
             await self._learned(backend, permit, grant, learned, feedback)
+        self._wake_heads(grant, end, changed)
+
+    def _wake_heads(self, grant: Grant, end: float | None, changed: bool) -> None:
+        """After a release: wake the heads of the queues it concerns, if it helps them."""
         queues = self._queues
-        if queues:
-            for request in grant.requests:
-                queue = queues.get(request.key)
-                if queue is not None and queue.size:
-                    head = queue.head()
-                    # A freed slot or a new limit helps now; a new occupancy end only
-                    # helps a head that had no wake-up time at all.
-                    if head is not None and (
-                        end is None
-                        or (learned is not None and learned is not Learned.SAME)
-                        or head.asleep_on_release()
-                    ):
-                        head.wake_at(-_INF)
+        for request in grant.requests:
+            queue = queues.get(request.key)
+            if queue is not None and queue.size:
+                head = queue.head()
+                # A freed slot or a new limit helps now; a new occupancy end only
+                # helps a head that had no wake-up time at all.
+                if head is not None and (end is None or changed or head.asleep_on_release()):
+                    head.wake_at(-_INF)
 
     async def _learned(
         self,
@@ -799,7 +880,7 @@ class Governor:
         await backend.seed(moved, feedback)
         if route is not None:
             self._routes[(permit._token, permit.operation_id)] = _Route(
-                (moved, route.requests[1]), route.configured
+                (moved, route.requests[1]), route.configured, self._queue(key), route.ip_queue
             )
         if key not in self._logged:
             self._logged.add(key)

@@ -32,8 +32,9 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
-import anyio
 import attrs
+
+from ._clock import current_time as _current_time
 
 __all__ = [
     "Blocked",
@@ -49,6 +50,9 @@ __all__ = [
 
 #: Fraction of the limit below which a capped bucket sends one call at a time.
 _ENDGAME = 0.05
+_NEG_INF = -math.inf
+_NOT_PROBING = (False, False)
+_tuple_new = tuple.__new__
 
 
 class SlotRequest(NamedTuple):
@@ -430,6 +434,25 @@ class _Bucket:
         )
 
 
+class _Lane:
+    """Two requests (a bucket and the IP bucket) and their buckets, found once.
+
+    Valid while its backend's generation is the same: buckets are only ever
+    forgotten all together (:meth:`InMemoryBackend.clear`, a new event loop).
+    """
+
+    __slots__ = ("generation", "one", "requests", "two")
+
+    def __init__(self, requests: tuple[SlotRequest, ...]) -> None:
+        self.requests = requests
+        self.generation = -1
+        self.one: _Bucket = _NO_BUCKET
+        self.two: _Bucket = _NO_BUCKET
+
+
+_NO_BUCKET = _Bucket(0, confirmed=True)
+
+
 class InMemoryBackend:
     """Buckets held in this process (the default).
 
@@ -441,7 +464,11 @@ class InMemoryBackend:
 
     def __init__(self) -> None:
         self._buckets: dict[str, _Bucket] = {}
+        self._generation = 0  # bumped whenever buckets are forgotten (see _Lane)
         self._last = -math.inf
+        #: The latest end of any pause ever set (``-inf``: none), so that a
+        #: permit can skip looking for one.
+        self._paused_any = -math.inf
 
     def __repr__(self) -> str:
         return f"<InMemoryBackend buckets={len(self._buckets)}>"
@@ -449,14 +476,18 @@ class InMemoryBackend:
     def clear(self) -> None:
         """Forget every bucket (between tests, or when the event loop changed)."""
         self._buckets.clear()
+        self._generation += 1
         self._last = -math.inf
+        self._paused_any = -math.inf
 
     def _now(self) -> float:
-        now = anyio.current_time()
+        now = _current_time()
         if now < self._last:
             # A monotonic clock went back: a new event loop, whose times mean
             # nothing to the old state (a test suite running loop after loop).
             self._buckets.clear()
+            self._generation += 1
+            self._paused_any = -math.inf
         self._last = now
         return now
 
@@ -472,21 +503,60 @@ class InMemoryBackend:
 
     async def acquire(self, requests: Sequence[SlotRequest]) -> Grant | Blocked:
         """Take one slot in every bucket of ``requests`` if all are free now, else none."""
+        return self.acquire_now(requests)
+
+    def acquire_now(self, requests: Sequence[SlotRequest]) -> Grant | Blocked:
+        """:meth:`acquire`, synchronously (nothing in memory needs to wait).
+
+        The governor calls it directly for an :class:`InMemoryBackend`, which
+        saves a coroutine per call; the protocol stays asynchronous for shared
+        backends.
+        """
+        if len(requests) == 2:
+            return self._acquire_lane(_Lane(tuple(requests)))
         table = self._buckets
-        buckets = []
-        quick = True
-        for request in requests:
-            bucket = table.get(request.key) or self._bucket(request)
-            buckets.append(bucket)
-            quick = quick and bucket.quick(request)
-        if quick:
-            # The hot path: no clock, no probe, no cap.
+        buckets = [table.get(r.key) or self._bucket(r) for r in requests]
+        if all(b.quick(r) for b, r in zip(buckets, requests, strict=True)):
             marks = []
             for bucket in buckets:
                 marks.append(bucket.granted - bucket.open)
                 bucket.open += 1
                 bucket.granted += 1
             return Grant(tuple(requests), (False,) * len(buckets), tuple(marks))
+        return self._acquire(requests, buckets)
+
+    def _acquire_lane(self, lane: _Lane) -> Grant | Blocked:
+        """:meth:`acquire_now` for the two buckets of ``lane``, found once."""
+        if lane.generation != self._generation:
+            first, second = lane.requests
+            table = self._buckets
+            lane.one = table.get(first.key) or self._bucket(first)
+            lane.two = table.get(second.key) or self._bucket(second)
+            lane.generation = self._generation
+        one = lane.one
+        two = lane.two
+        first, second = requests = lane.requests
+        # Both free without looking at the clock (_Bucket.quick, inlined).
+        if (
+            one.open + len(one.ends) < one.limit
+            and two.open + len(two.ends) < two.limit
+            and one.paused == _NEG_INF
+            and two.paused == _NEG_INF
+            and one.cap_until == _NEG_INF
+            and two.cap_until == _NEG_INF
+            and (not first.probe or (one.confirmed and first.op in one.known))
+            and (not second.probe or (two.confirmed and second.op in two.known))
+        ):
+            marks = (one.granted - one.open, two.granted - two.open)
+            one.open += 1
+            one.granted += 1
+            two.open += 1
+            two.granted += 1
+            # tuple.__new__ skips the NamedTuple's Python-level __new__ (hot path).
+            return _tuple_new(Grant, (requests, _NOT_PROBING, marks))
+        return self._acquire(requests, [one, two])
+
+    def _acquire(self, requests: Sequence[SlotRequest], buckets: list[_Bucket]) -> Grant | Blocked:
         now = self._now()
         ready = tuple(b.ready(now, r) for b, r in zip(buckets, requests, strict=True))
         for when in ready:
@@ -504,6 +574,52 @@ class InMemoryBackend:
         self, grant: Grant, *, end: float | None, feedback: Feedback | None = None
     ) -> Learned | None:
         """Give the slots of ``grant`` back (see :class:`GovernorBackend`)."""
+        return self.release_now(grant, end=end, feedback=feedback)
+
+    def release_now(
+        self, grant: Grant, *, end: float | None, feedback: Feedback | None = None
+    ) -> Learned | None:
+        """:meth:`release`, synchronously (see :meth:`acquire_now`)."""
+        if end is not None and feedback is None:
+            self._release_sent(grant, end)
+            return None
+        return self._release(grant, end, feedback)
+
+    def _release_sent(self, grant: Grant, end: float, lane: _Lane | None = None) -> None:
+        """:meth:`release_now` of a sent call without feedback: the governor's hot path.
+
+        ``lane``: the lane the grant came from, if any (its buckets need no lookup).
+        """
+        requests = grant.requests
+        probing = grant.probing
+        if len(requests) != 2 or probing[0] or probing[1]:
+            self._release(grant, end, None)
+            return
+        # Unrolled for the governor's two buckets.
+        if lane is not None and lane.requests is requests and lane.generation == self._generation:
+            one = lane.one
+            two = lane.two
+        else:
+            first, second = requests
+            table = self._buckets
+            one = table[first.key]
+            two = table[second.key]
+        one.open -= 1
+        ends = one.ends
+        if not ends or end >= ends[-1]:
+            ends.append(end)
+        else:
+            insort(ends, end)
+        two.open -= 1
+        ends = two.ends
+        if not ends or end >= ends[-1]:
+            ends.append(end)
+        else:
+            insort(ends, end)
+
+    def _release(
+        self, grant: Grant, end: float | None, feedback: Feedback | None
+    ) -> Learned | None:
         learned: Learned | None = None
         now = -math.inf
         if feedback is not None or end is None:
@@ -541,6 +657,8 @@ class InMemoryBackend:
         bucket = self._buckets.get(key)
         if bucket is not None and until > bucket.paused:
             bucket.paused = until
+            if until > self._paused_any:
+                self._paused_any = until
 
     def paused_until(self, key: str) -> float:
         """End of ``key``'s pause (``-inf`` when none)."""

@@ -473,3 +473,55 @@ def test_limits_are_validated() -> None:
     with pytest.raises(ValueError, match="margin"):
         Limits(margin=1.5)
     assert 60.0 * 1.005 == Limits().hold
+
+
+async def test_a_new_call_never_overtakes_a_queued_one() -> None:
+    """The uncontended fast path yields to a waiter woken but not yet run (FIFO)."""
+    gov = governor(1)
+    order: list[str] = []
+
+    async def one(name: str) -> None:
+        async with gov.permit("tok", JSON) as permit:
+            permit.sending()
+            order.append(name)
+
+    held = gov.permit("tok", JSON)
+    await held.__aenter__()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, "queued")
+        await anyio.sleep(1.0)
+        await held.__aexit__(None, None, None)  # unsent: the slot is free at once
+        await one("new")
+    assert ["queued", "new"] == order
+    assert pytest.approx(1.0 + HOLD) == anyio.current_time()
+
+
+async def test_a_cleared_backend_is_looked_up_again() -> None:
+    """Routes cache their in-memory buckets only until the backend forgets them."""
+    gov = governor(1)
+    await call(gov)
+    backend = gov.backend
+    assert isinstance(backend, InMemoryBackend)
+    backend.clear()
+    await call(gov)
+    assert 0.0 == anyio.current_time()
+    assert 1 == gov.snapshot().buckets["tok/json_resources_entreprise"].in_period
+    await call(gov)
+    assert pytest.approx(HOLD) == anyio.current_time()
+
+
+async def test_a_backend_overriding_acquire_is_always_asked() -> None:
+    """The synchronous fast path is only for the in-memory backend as it is."""
+
+    class Counting(InMemoryBackend):
+        acquired = 0
+
+        async def acquire(self, requests: Any) -> Any:
+            self.acquired += 1
+            return await super().acquire(requests)
+
+    backend = Counting()
+    gov = Governor(Limits(period=PERIOD, slow_start=False), backend=backend)
+    await call(gov)
+    await call(gov)
+    assert 2 == backend.acquired
