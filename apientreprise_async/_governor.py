@@ -73,6 +73,9 @@ _logger = logging.getLogger("apientreprise_async.governor")
 IP_KEY = "ip"
 #: The longest pause a ``Retry-After`` can impose (a garbled header must not stop us for days).
 _MAX_PAUSE = 3600.0
+#: Answers without usable ``RateLimit-*`` headers to a route's slow-start probes
+#: after which its configured limit is trusted (a server or a stub that never sends them).
+_BLIND_PROBES = 3
 _INF = math.inf
 
 
@@ -201,7 +204,7 @@ class GovernorSnapshot:
 class _Route:
     """Where the calls of one (token, operation) go, and the queues of those buckets."""
 
-    __slots__ = ("bucket_queue", "configured", "ip_queue", "lane", "requests")
+    __slots__ = ("blind", "bucket_queue", "configured", "ip_queue", "lane", "requests")
 
     def __init__(
         self,
@@ -216,6 +219,8 @@ class _Route:
         self.ip_queue = ip_queue
         # Its buckets, found once, for the in-memory backend's hot path.
         self.lane = _Lane(requests)
+        # Probes answered without usable RateLimit headers (see _BLIND_PROBES).
+        self.blind = 0
 
 
 class _Entry:
@@ -426,6 +431,8 @@ class Permit:
                 # The hot path: nothing to learn.
                 memory._release_sent(grant, end, None if route is None else route.lane)
                 changed = False
+                if answered is not None and grant.probing[0]:
+                    governor._blind_probe(self, grant)
             else:
                 learned = memory.release_now(grant, end=end, feedback=feedback)
                 changed = learned is not None and learned is not Learned.SAME
@@ -840,7 +847,41 @@ class Governor:
         changed = learned is not None and learned is not Learned.SAME
         if changed and learned is not None and feedback is not None:
             await self._learned(backend, permit, grant, learned, feedback)
+        if feedback is None and permit._answered is not None and grant.probing[0]:
+            self._blind_probe(permit, grant)
         self._wake_heads(grant, end, changed)
+
+    def _blind_probe(self, permit: Permit, grant: Grant) -> None:
+        """A slow-start probe was answered without usable ``RateLimit-*`` headers.
+
+        Such an answer (a 401, a proxy's error page, a stub) shows no limit, so
+        it confirms nothing: the next call probes again. After
+        ``_BLIND_PROBES`` (3) of them the route stops probing and trusts its
+        configured limit (the bucket stays unconfirmed: an answer with headers
+        still corrects it), so that a server that never sends the headers only
+        costs a short slow start, not one call at a time for ever.
+        """
+        route = self._routes.get((permit._token, permit.operation_id))
+        request = grant.requests[0]
+        if route is None or not route.requests[0].probe or route.requests[0].key != request.key:
+            return
+        route.blind += 1
+        if route.blind < _BLIND_PROBES:
+            return
+        bucket_request, ip_request = route.requests
+        # Waiters hold the route itself: their next look at the bucket uses the new request.
+        route.requests = (bucket_request._replace(probe=False), ip_request)
+        route.lane = _Lane(route.requests)
+        logged = f"{request.key} {request.op} blind"
+        if logged not in self._logged:
+            self._logged.add(logged)
+            _logger.warning(
+                "bucket %s: %d answers to %s without RateLimit headers; "
+                "trusting the configured limit",
+                request.key,
+                route.blind,
+                request.op,
+            )
 
     def _wake_heads(self, grant: Grant, end: float | None, changed: bool) -> None:
         """After a release: wake the heads of the queues it concerns, if it helps them."""

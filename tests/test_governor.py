@@ -525,3 +525,50 @@ async def test_a_backend_overriding_acquire_is_always_asked() -> None:
     await call(gov)
     await call(gov)
     assert 2 == backend.acquired
+
+
+async def test_an_answer_without_rate_limit_headers_does_not_end_slow_start() -> None:
+    """A 401 or a stub carries no usable RateLimit headers: the probe discipline holds."""
+    gov = governor(250, slow_start=True)
+    sends: list[float] = []
+    answers = [
+        (401, {}),
+        (200, {"RateLimit-Limit": "many", "RateLimit-Remaining": "1", "RateLimit-Reset": "5"}),
+    ]
+
+    async def one() -> None:
+        async with gov.permit("tok", JSON) as permit:
+            permit.sending()
+            sends.append(anyio.current_time())
+            await anyio.sleep(1.0)
+            status, answer = answers.pop(0) if answers else (200, headers(250, 200, PERIOD))
+            permit.observe(status, answer)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(6):
+            tg.start_soon(one)
+    # Two answers without usable headers: still one call in flight; the third shows the limit.
+    assert [0.0, 1.0, 2.0, 3.0, 3.0, 3.0] == sends
+    assert gov.snapshot().buckets["tok/json_resources_entreprise"].confirmed
+
+
+async def test_slow_start_trusts_the_configured_limit_after_three_blind_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server or stub that never sends RateLimit headers costs a short slow start only."""
+    caplog.set_level(logging.WARNING, logger="apientreprise_async.governor")
+    gov = governor(5, slow_start=True)
+    sends: list[float] = []
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(lambda: call(gov, latency=1.0, log=sends))
+    # Three probes one at a time, then the configured limit (5 per period) is trusted.
+    assert [0.0, 1.0, 2.0, 3.0, 3.0] == sends[:5]
+    assert sends[5] > PERIOD
+    bucket = gov.snapshot().buckets["tok/json_resources_entreprise"]
+    assert (5, False) == (bucket.limit, bucket.confirmed)  # trusted, never shown
+    assert 1 == sum("without RateLimit headers" in r.getMessage() for r in caplog.records)
+    # An answer with headers still corrects the trusted guess.
+    await call(gov, answer=headers(3, 2, PERIOD))
+    bucket = gov.snapshot().buckets["tok/json_resources_entreprise"]
+    assert (3, True) == (bucket.limit, bucket.confirmed)
