@@ -33,6 +33,9 @@ pytestmark = pytest.mark.anyio
 
 OP = "api_entreprise_v4_insee_unites_legales"
 SIRENS = [c.siren for c in COMPANIES]
+# A fixed wall clock (mid-window, a weekday morning in Paris): runs do not depend on when
+# the suite starts, nor on the maintenance windows of the day.
+START = 1_800_000_000.0 + 17.0
 UNKNOWN_SIREN = "418166096"  # valid checksum, not in the emulator's data: 404
 
 
@@ -99,7 +102,7 @@ def test_jsonl_sink_concurrent_writers(tmp_path: pathlib.Path) -> None:
 
 async def test_one_record_per_attempt_over_1000_calls(tmp_path: pathlib.Path) -> None:
     """1,000 calls (with retries, 404s, coalesced and refused ones) leave exactly the right trail."""
-    emulator = Emulator(faults=Faults(share_502=0.1, retry_in=1.0), seed=4)
+    emulator = Emulator(faults=Faults(share_502=0.1, retry_in=1.0), seed=4, start_epoch=START)
     emulator.add_token(TOKEN)
     path = tmp_path / "trail.jsonl"
     sink = JsonLinesAuditSink(path)
@@ -168,7 +171,7 @@ async def test_one_record_per_attempt_over_1000_calls(tmp_path: pathlib.Path) ->
 
 async def test_coalesced_calls_have_their_own_record() -> None:
     """A call that shared another's request is audited, marked as coalesced."""
-    emulator = Emulator(faults=Faults(latency=0.2))
+    emulator = Emulator(faults=Faults(latency=0.2), start_epoch=START)
     emulator.add_token(TOKEN)
     kept: list[AuditRecord] = []
     async with (
@@ -192,7 +195,7 @@ async def test_coalesced_calls_have_their_own_record() -> None:
 
 async def test_a_failing_sink_fails_the_call_by_default(caplog: pytest.LogCaptureFixture) -> None:
     """An unaudited access is a compliance failure: raise by default, or log when asked."""
-    emulator = Emulator()
+    emulator = Emulator(start_epoch=START)
     emulator.add_token(TOKEN)
 
     def broken(record: AuditRecord) -> None:
@@ -220,7 +223,7 @@ async def test_a_failing_sink_fails_the_call_by_default(caplog: pytest.LogCaptur
 async def test_logging_sink_and_structured_warnings(caplog: pytest.LogCaptureFixture) -> None:
     """The logging sink puts the record in `extra`; a 404 is logged with its fields."""
     caplog.set_level(logging.DEBUG)
-    emulator = Emulator()
+    emulator = Emulator(start_epoch=START)
     emulator.add_token(TOKEN)
     async with AsyncClient(
         token=TOKEN,
@@ -257,7 +260,7 @@ async def test_opentelemetry_spans_and_metrics() -> None:
     reader = InMemoryMetricReader()
     trace.set_tracer_provider(provider)
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
-    emulator = Emulator()
+    emulator = Emulator(start_epoch=START)
     emulator.add_token(TOKEN)
     async with AsyncClient(
         token=TOKEN,

@@ -34,6 +34,9 @@ from .conftest import RECIPIENT, TOKEN, make_jwt
 pytestmark = pytest.mark.anyio
 
 SIRENS = [c.siren for c in COMPANIES]
+# A fixed wall clock (mid-window, a weekday morning in Paris): runs do not depend on when
+# the suite starts, nor on the maintenance windows of the day.
+START = 1_800_000_000.0 + 17.0
 OP = "api_entreprise_v4_insee_unites_legales"
 
 
@@ -91,7 +94,9 @@ def assert_clean(emulator: Emulator, client: AsyncClient) -> None:
 
 async def test_a_502_504_storm_is_absorbed() -> None:
     """30% provider errors: retries recover nearly everything, within the rules."""
-    emulator = Emulator(faults=Faults(share_502=0.15, share_504=0.15, retry_in=2.0), seed=3)
+    emulator = Emulator(
+        faults=Faults(share_502=0.15, share_504=0.15, retry_in=2.0), seed=3, start_epoch=START
+    )
     # 400 calls and their retries need two windows of 250: the deadline covers queueing too.
     policy = RetryPolicy(max_attempts=4, base_delay=0.5, deadline=300.0, seed=1)
     async with client_for(emulator, retry=policy) as client:
@@ -116,7 +121,9 @@ async def test_latency_spikes_and_dropped_connections() -> None:
     def latency(rng: random.Random) -> float:
         return 12.0 if rng.random() < 0.08 else rng.uniform(0.05, 0.6)
 
-    emulator = Emulator(faults=Faults(latency=latency, share_dropped=0.04), seed=11)
+    emulator = Emulator(
+        faults=Faults(latency=latency, share_dropped=0.04), seed=11, start_epoch=START
+    )
     policy = RetryPolicy(max_attempts=5, base_delay=1.0, deadline=300.0, seed=2)
     async with client_for(emulator, retry=policy) as client:
         outcomes = await run_calls(client, 300, deadline=300.0 + 15.0)
@@ -129,7 +136,7 @@ async def test_latency_spikes_and_dropped_connections() -> None:
 
 async def test_identical_calls_share_one_request() -> None:
     """50 concurrent identical calls reach the server once; no 409."""
-    emulator = Emulator(faults=Faults(latency=0.5))
+    emulator = Emulator(faults=Faults(latency=0.5), start_epoch=START)
     results: list[Response[Any]] = []
     async with client_for(emulator) as client:
 
@@ -153,7 +160,7 @@ async def test_a_ban_caused_by_another_client_opens_the_circuit(
 ) -> None:
     """A misbehaving neighbour gets the IP banned; this client stops sending into silence."""
     caplog.set_level(logging.WARNING, logger="apientreprise_async")
-    emulator = Emulator(seed=5)
+    emulator = Emulator(seed=5, start_epoch=START)
     rogue = make_jwt({"sub": "rogue"})
     emulator.add_token(rogue)
     circuit = CircuitPolicy(threshold=3, cooldown=120.0, max_cooldown=600.0)
@@ -195,7 +202,7 @@ async def test_a_ban_caused_by_another_client_opens_the_circuit(
 
 async def test_cancelled_callers_free_their_places() -> None:
     """Cancelling callers mid-flight or mid-queue leaves no task, waiter or slot behind."""
-    emulator = Emulator(faults=Faults(latency=2.0))
+    emulator = Emulator(faults=Faults(latency=2.0), start_epoch=START)
     async with client_for(emulator) as client:
         with anyio.move_on_after(1.0):
             async with anyio.create_task_group() as tg:
