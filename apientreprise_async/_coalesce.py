@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 
 class _Flight:
-    __slots__ = ("done", "error", "followers", "result", "settled")
+    __slots__ = ("done", "error", "result", "settled")
 
     def __init__(self) -> None:
         # Made by the first follower: most calls have none, and an event costs
@@ -31,7 +31,6 @@ class _Flight:
         self.settled = False
         self.result: Any = None
         self.error: BaseException | None = None
-        self.followers = 0
 
 
 class Coalescer(Generic[T]):
@@ -39,7 +38,6 @@ class Coalescer(Generic[T]):
 
     def __init__(self) -> None:
         self._flights: dict[Hashable, _Flight] = {}
-        self.shared = 0
 
     def in_flight(self) -> int:
         """Number of distinct requests currently running."""
@@ -54,8 +52,6 @@ class Coalescer(Generic[T]):
             flight = self._flights.get(key)
             if flight is None:
                 return await self._lead(key, work), False
-            flight.followers += 1
-            self.shared += 1
             done = flight.done
             if done is None:
                 done = flight.done = anyio.Event()
@@ -65,7 +61,6 @@ class Coalescer(Generic[T]):
                     raise flight.error
                 return flight.result, True
             # The leader was cancelled before it finished: try again, maybe as leader.
-            self.shared -= 1
 
     async def _lead(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
         flight = _Flight()
@@ -106,10 +101,6 @@ class InFlight:
     def turn(self, key: Hashable) -> _Turn:
         """Hold the turn for ``key`` (FIFO among waiters), as an async context manager."""
         return _Turn(self, key)
-
-    def busy(self) -> int:
-        """Identities with a request in flight or waiting."""
-        return len(self._queues)
 
     def _pass(self, key: Hashable) -> None:
         """The holder leaves: hand the turn to the next waiter, or forget the identity."""
