@@ -673,21 +673,16 @@ class AsyncClient(Resources):
         endpoint: Endpoint,
         path_values: Mapping[str, Any],
         query: Mapping[str, Any],
-        recipient: str | None,
-        context: str | None,
-        object_: str | None,
+        trace: _Trace,
     ) -> tuple[str, dict[str, Any]]:
-        """Validate everything locally; return the path and the query to send."""
-        s = self._settings
+        """Validate everything locally; return the path and the query to send.
+
+        The traceability parameters are the trace's: per-call values already
+        merged with the client's defaults.
+        """
         params: dict[str, Any] = {}
         if endpoint.traceability:
-            params.update(
-                _validated_traceability(
-                    recipient if recipient is not None else s.recipient,
-                    context if context is not None else s.context,
-                    object_ if object_ is not None else s.object,
-                )
-            )
+            params.update(_validated_traceability(trace.recipient, trace.context, trace.object))
         values = {
             p.name: normalize_identifier(p.kind, path_values.get(p.name), p.name)
             for p in endpoint.path_params
@@ -751,7 +746,7 @@ class AsyncClient(Resources):
             case if case is not None else s.case,
         )
         try:
-            path, params = self._prepare(endpoint, path_values, query, recipient, context, object_)
+            path, params = self._prepare(endpoint, path_values, query, trace)
             headers = self._auth_headers(endpoint)
             self._check_maintenance(endpoint)
         except ApiEntrepriseError as exc:
@@ -762,20 +757,16 @@ class AsyncClient(Resources):
         if fresh:
             headers["Cache-Control"] = "no-cache"
         headers["User-Agent"] = s.user_agent
-        read = (
-            timeout
-            if timeout is not None
-            else self._settings.timeouts.read_for(endpoint.timeout_class)
-        )
-        wait = self._settings.max_wait if max_wait is USE_DEFAULT else max_wait
+        read = timeout if timeout is not None else s.timeouts.read_for(endpoint.timeout_class)
+        wait = s.max_wait if max_wait is USE_DEFAULT else max_wait
         request = self._http.build_request(
             "GET",
-            self._settings.base_url + path,
+            s.base_url + path,
             params=params,
             headers=headers,
             timeout=self._timeout(read),
         )
-        policy = self._settings.retry if retry is USE_DEFAULT else retry
+        policy = s.retry if retry is USE_DEFAULT else retry
 
         span = self._telemetry.span(endpoint.operation_id)
         if span is None:
