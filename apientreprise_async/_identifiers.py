@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 
 from ._catalogue import IdKind
 from ._errors import (
@@ -56,15 +57,13 @@ def _clean(value: object) -> str:
     return _SPACES.sub("", value)
 
 
-def is_valid_siren(value: object) -> bool:
-    """Whether ``value`` is a SIREN: 9 digits passing Luhn (spaces ignored)."""
-    text = _clean(value)
+# The checks below take text already through _clean: callers that have cleaned
+# a value once (every call's path parameters) do not run the regex again.
+def _is_siren(text: str) -> bool:
     return len(text) == 9 and bool(_DIGITS.match(text)) and luhn_checksum(text) % 10 == 0
 
 
-def is_valid_siret(value: object) -> bool:
-    """Whether ``value`` is a SIRET: 14 digits passing Luhn, or a La Poste SIRET."""
-    text = _clean(value)
+def _is_siret(text: str) -> bool:
     if len(text) != 14 or not _DIGITS.match(text):
         return False
     if text.startswith(_LA_POSTE):
@@ -72,10 +71,20 @@ def is_valid_siret(value: object) -> bool:
     return luhn_checksum(text) % 10 == 0
 
 
+def is_valid_siren(value: object) -> bool:
+    """Whether ``value`` is a SIREN: 9 digits passing Luhn (spaces ignored)."""
+    return _is_siren(_clean(value))
+
+
+def is_valid_siret(value: object) -> bool:
+    """Whether ``value`` is a SIRET: 14 digits passing Luhn, or a La Poste SIRET."""
+    return _is_siret(_clean(value))
+
+
 def validate_siren(value: object, parameter: str = "siren") -> str:
     """Return the SIREN without spaces, or raise :class:`InvalidSirenError`."""
     text = _clean(value)
-    if not is_valid_siren(text):
+    if not _is_siren(text):
         raise InvalidSirenError(parameter, f"{value!r} is not a valid SIREN (9 digits, Luhn)")
     return text
 
@@ -83,7 +92,7 @@ def validate_siren(value: object, parameter: str = "siren") -> str:
 def validate_siret(value: object, parameter: str = "siret") -> str:
     """Return the SIRET without spaces, or raise :class:`InvalidSiretError`."""
     text = _clean(value)
-    if not is_valid_siret(text):
+    if not _is_siret(text):
         raise InvalidSiretError(parameter, f"{value!r} is not a valid SIRET (14 digits, Luhn)")
     return text
 
@@ -99,7 +108,7 @@ def _eori(value: object, parameter: str) -> str:
     text = _clean(value).upper()
     if not _EORI.match(text):
         raise InvalidIdentifierError(parameter, f"{value!r} is not an EORI number")
-    if text.startswith("FR") and not is_valid_siret(text[2:]) and not is_valid_siren(text[2:]):
+    if text.startswith("FR") and not _is_siret(text[2:]) and not _is_siren(text[2:]):
         raise InvalidIdentifierError(parameter, f"{value!r}: a French EORI is FR + a SIRET")
     return text
 
@@ -117,6 +126,15 @@ def _month(value: object, parameter: str) -> str:
     if not (_DIGITS.match(text) and 1 <= int(text) <= 12 and len(text) <= 2):
         raise InvalidIdentifierError(parameter, f"{value!r} is not a month (1-12)")
     return text.zfill(2)
+
+
+# Kinds that take one of several identifiers: the checks that accept the cleaned text as is.
+_ACCEPTED: dict[IdKind, tuple[Callable[[str], bool], ...]] = {
+    IdKind.SIREN_OR_RNA: (_is_siren,),
+    IdKind.SIRET_OR_RNA: (_is_siret,),
+    IdKind.SIRET_OR_EORI: (_is_siret,),
+    IdKind.SIREN_OR_SIRET_OR_RNA: (_is_siren, _is_siret),
+}
 
 
 def normalize_identifier(kind: IdKind, value: object, parameter: str) -> str:
@@ -141,12 +159,7 @@ def normalize_identifier(kind: IdKind, value: object, parameter: str) -> str:
     if kind is IdKind.MONTH:
         return _month(value, parameter)
     text = _clean(value)
-    accepted = {
-        IdKind.SIREN_OR_RNA: (is_valid_siren,),
-        IdKind.SIRET_OR_RNA: (is_valid_siret,),
-        IdKind.SIRET_OR_EORI: (is_valid_siret,),
-        IdKind.SIREN_OR_SIRET_OR_RNA: (is_valid_siren, is_valid_siret),
-    }.get(kind)
+    accepted = _ACCEPTED.get(kind)
     if accepted is None:
         if isinstance(value, str) and value != "":
             return value
