@@ -450,12 +450,7 @@ def error_from_response(
         "headers": headers,
     }
     if cls is RateLimitError:
-        retry_in = None
-        for raw in errors:
-            item = ErrorItem.from_raw(raw)
-            retry_in = _number(item.meta.get("retry_in"))
-            if retry_in is not None:
-                break
-        wait = retry_after_seconds(headers, rate_limit, retry_in, now)
-        return RateLimitError(message, retry_after=wait, **common)
+        error = RateLimitError(message, **common)
+        error.retry_after = retry_after_seconds(headers, rate_limit, error.retry_in, now)
+        return error
     return cls(message, **common)
