@@ -116,8 +116,11 @@ _TRACEABILITY = ("recipient", "context", "object")
 _TRACEABILITY_KEYS = tuple(name.encode("ascii") for name in _TRACEABILITY)
 
 
-def _server_identity(token: str, request: httpx.Request) -> tuple[str, bytes, bytes, bytes]:
-    """What the server compares to detect a duplicate: path and non-traceability parameters."""
+def _server_identity(fingerprint: str, request: httpx.Request) -> tuple[str, bytes, bytes, bytes]:
+    """What the server compares to detect a duplicate: path and non-traceability parameters.
+
+    The token is named by its ``fingerprint``: the raw token is never part of a key.
+    """
     url = request.url
     # On the already encoded target, not through URL.copy_remove_param: that reparses
     # the whole URL once per name, and was the dearest step of an uncontended call.
@@ -126,7 +129,7 @@ def _server_identity(token: str, request: httpx.Request) -> tuple[str, bytes, by
         query = b"&".join(
             pair for pair in query.split(b"&") if pair.partition(b"=")[0] not in _TRACEABILITY_KEYS
         )
-    return token, url.raw_scheme, url.netloc, path + b"?" + query
+    return fingerprint, url.raw_scheme, url.netloc, path + b"?" + query
 
 
 @functools.lru_cache(maxsize=256)
