@@ -1032,17 +1032,11 @@ class AsyncClient(Resources):
                 raise TransportError(
                     "no free connection in the pool", url=url, operation_id=op_id
                 ) from exc
-            except httpx.TimeoutException as exc:
-                self._log(request, None, started, None)
-                raise _Silence(
-                    f"timed out: {type(exc).__name__} on {request.url.path}",
-                    url=url,
-                    operation_id=op_id,
-                ) from exc
             except httpx.HTTPError as exc:
                 self._log(request, None, started, None)
+                what = "timed out" if isinstance(exc, httpx.TimeoutException) else "no answer"
                 raise _Silence(
-                    f"no answer: {type(exc).__name__} on {request.url.path}",
+                    f"{what}: {type(exc).__name__} on {request.url.path}",
                     url=url,
                     operation_id=op_id,
                 ) from exc
