@@ -249,7 +249,7 @@ def _json(status: int, payload: Any) -> _Answer:
 class _Incoming:
     path: str
     query: dict[str, str]
-    token: str | None
+    token: str | None = attrs.field(repr=False)  # the raw bearer token: never in a repr
     client_ip: str
     base_url: str
     method: str
