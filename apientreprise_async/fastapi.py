@@ -62,7 +62,6 @@ from ._errors import (
     InvalidParameterError,
     MaintenanceWindowError,
     NotFoundError,
-    ProviderError,
     ProviderUnavailableError,
     RateLimitError,
     ServiceUnreachable,
@@ -340,7 +339,7 @@ def _classify(exc: ApiEntrepriseError) -> _Answer:
     if isinstance(exc, ClientError):
         _server_fault(exc, "API Entreprise refused the request")
         return _Answer(502, "upstream_error", "API Entreprise refused the request.")
-    if isinstance(exc, ProviderError | ApiError):
+    if isinstance(exc, ApiError):  # ProviderError and every other 5xx
         return _Answer(502, "upstream_error", "API Entreprise or its provider failed.")
     if isinstance(exc, TransportError):
         if isinstance(exc.__cause__, httpx.TimeoutException):
