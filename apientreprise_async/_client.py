@@ -111,6 +111,8 @@ class _Trace:
 
 
 _TRACEABILITY = ("recipient", "context", "object")
+# Headers every request of a client carries alike (the token is named by its fingerprint).
+_UNKEYED_HEADERS = frozenset({"authorization", "user-agent"})
 
 
 _TRACEABILITY_KEYS = tuple(name.encode("ascii") for name in _TRACEABILITY)
@@ -798,8 +800,16 @@ class AsyncClient(Resources):
 
         if not (self._settings.coalesce if coalesce is None else coalesce):
             return await attempts()
-        # Identical URL (path, parameters, traceability), token and cache directive.
-        key = (self._auth.fingerprint, url, headers.get("Cache-Control"))
+        # Identical URL (path, parameters, traceability), token and headers: the cache
+        # directive or any header a caller added changes what the answer may be.
+        extra = tuple(
+            sorted(
+                (name.lower(), value)
+                for name, value in headers.items()
+                if name.lower() not in _UNKEYED_HEADERS
+            )
+        )
+        key = (self._auth.fingerprint, url, extra)
         started = anyio.current_time()
         try:
             response, _shared = await self._coalescer.run(key, attempts)

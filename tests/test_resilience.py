@@ -218,3 +218,18 @@ async def test_cancelled_callers_free_their_places() -> None:
         after = await client.call(OP, siren=SIRENS[0], object="after")
         assert 200 == after.http_status
     assert_clean(emulator, client)
+
+
+async def test_calls_with_different_extra_headers_are_not_shared() -> None:
+    """Coalescing keys on the headers a caller adds, not only on the URL."""
+    emulator = Emulator(faults=Faults(latency=0.5), start_epoch=START)
+    async with client_for(emulator) as client:
+        path = f"/v4/insee/sirene/unites_legales/{SIRENS[0]}"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: client.get(path))
+            tg.start_soon(lambda: client.get(path, headers={"Cache-Control": "no-cache"}))
+            tg.start_soon(lambda: client.get(path, headers={"X-Trace": "a"}))
+            tg.start_soon(lambda: client.get(path, headers={"X-Trace": "a"}))
+        stats = client.stats()
+    assert 3 == len(emulator.requests)
+    assert 1 == stats.coalesced
