@@ -112,6 +112,13 @@ class Endpoint:
     cache_control: bool = False
     record: Any = None
     statuses: tuple[int, ...] = ()
+    #: ``query_params`` by name, derived once (every call looks its parameters up).
+    query_by_name: Mapping[str, QueryParam] = attrs.field(
+        init=False, eq=False, repr=False, hash=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "query_by_name", {q.name: q for q in self.query_params})
 
     @property
     def bucket(self) -> str:

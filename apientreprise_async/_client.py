@@ -456,8 +456,7 @@ class AsyncClient(Resources):
             if param.name not in params:
                 raise InvalidParameterError(param.name, "is required by " + operation_id)
             path_values[param.name] = params.pop(param.name)
-        known = {q.name for q in endpoint.query_params}
-        unknown = set(params) - known
+        unknown = params.keys() - endpoint.query_by_name.keys()
         if unknown:
             raise InvalidParameterError(sorted(unknown)[0], f"is not a parameter of {operation_id}")
         return await self._request(
@@ -692,7 +691,7 @@ class AsyncClient(Resources):
             p.name: normalize_identifier(p.kind, path_values.get(p.name), p.name)
             for p in endpoint.path_params
         }
-        by_name = {q.name: q for q in endpoint.query_params}
+        by_name = endpoint.query_by_name
         for name, value in query.items():
             if value is None:
                 continue
@@ -938,7 +937,8 @@ class AsyncClient(Resources):
                 if deadline is not None and anyio.current_time() + pause >= deadline:
                     give_up = True
                     pause = 0.0
-            history.append(Attempt(number, describe(error), pause))
+            label = describe(error)
+            history.append(Attempt(number, label, pause))
             if give_up:
                 annotate(error, history)
                 raise error
@@ -946,9 +946,9 @@ class AsyncClient(Resources):
                 "attempt %d of %s failed (%s); retrying in %.2f s",
                 number,
                 endpoint.operation_id or request.url.path,
-                describe(error),
+                label,
                 pause,
-                extra={"attempt": number, "retry_in": pause, "error": describe(error)},
+                extra={"attempt": number, "retry_in": pause, "error": label},
             )
             await anyio.sleep(pause)
 
