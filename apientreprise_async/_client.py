@@ -154,10 +154,8 @@ class _State(enum.Enum):
 
 
 def _user_agent() -> str:
-    return (
-        f"api-entreprise-python/{_version.version()} "
-        f"(apientreprise_async; +https://github.com/datagouv/apistration)"
-    )
+    # Exactly the DINUM spec's §10 format: the operator recognises official clients by it.
+    return f"api-entreprise-python/{_version.version()} (+https://github.com/datagouv/apistration)"
 
 
 class AsyncClient(Resources):
@@ -1135,8 +1133,10 @@ class AsyncClient(Resources):
             return
         duration_ms = round((anyio.current_time() - started) * 1000, 1)
         status = answer.status_code if answer is not None else None
-        remaining = answer.headers.get("ratelimit-remaining") if answer is not None else None
+        window = parse_rate_limit(answer.headers) if answer is not None else None
+        remaining = None if window is None else window.remaining
         query = request.url.query.decode("ascii", "replace")
+        path = request.url.path
         logger.debug(
             "GET %s -> %s in %.1f ms",
             request.url.path,
@@ -1144,7 +1144,8 @@ class AsyncClient(Resources):
             duration_ms,
             extra={
                 "method": request.method,
-                "path": request.url.path,
+                "url": f"{path}?{query}" if query else path,
+                "path": path,
                 "query": query,
                 "http_status": status,
                 "duration_ms": duration_ms,

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -180,7 +180,7 @@ class ApiError(ApiEntrepriseError):
 
     def __init__(
         self,
-        message: str,
+        message: str | None = None,
         *,
         http_status: int | None = None,
         errors: Sequence[Any] = (),
@@ -200,6 +200,9 @@ class ApiError(ApiEntrepriseError):
         self.rate_limit = rate_limit
         self.request_id = request_id
         self.headers: Mapping[str, str] = headers or {}
+        if message is None:
+            where = operation_id or url.split("?", 1)[0]
+            message = _message(http_status, self._first, where)
         super().__init__(message)
 
     @property
@@ -302,7 +305,12 @@ class RateLimitError(ClientError):
     """
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, local: bool = False, **kw: Any
+        self,
+        message: str | None = None,
+        *,
+        retry_after: float | None = None,
+        local: bool = False,
+        **kw: Any,
     ) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
@@ -397,18 +405,35 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _message(status: int | None, first: ErrorItem | None, where: str) -> str:
+    """``HTTP 404 from <where>: <code> <title> (<detail>)``, with whatever is known."""
+    label = " ".join(part for part in (first.code, first.title) if part) if first else ""
+    head = "HTTP error" if status is None else f"HTTP {status}"
+    message = f"{head} from {where or 'the API'}: {label or 'no error details'}"
+    if first and first.detail:
+        message += f" ({first.detail})"
+    return message
+
+
+class _Reset(Protocol):
+    @property
+    def reset_epoch(self) -> float | None: ...
+
+
 def retry_after_seconds(
-    headers: Mapping[str, str], rate_limit: RateLimit | None, retry_in: float | None, now: float
+    headers: Mapping[str, str], rate_limit: _Reset | None, retry_in: float | None, now: float
 ) -> float | None:
     """Seconds to wait after a 429: ``Retry-After``, else ``RateLimit-Reset``, else ``retry_in``.
 
-    ``now`` is the wall-clock epoch. Never negative; ``None`` when nothing tells.
+    ``now`` is the wall-clock epoch; ``RateLimit-Reset`` alone is enough. Never
+    negative (a reset already past gives 0); ``None`` when nothing tells.
     """
     header = _number(headers.get("retry-after"))
     if header is not None:
         return max(0.0, header)
-    if rate_limit is not None:
-        return max(0.0, rate_limit.reset_epoch - now)
+    reset = None if rate_limit is None else rate_limit.reset_epoch
+    if reset is not None:
+        return max(0.0, reset - now)
     if retry_in is not None:
         return max(0.0, retry_in)
     return None
@@ -433,12 +458,6 @@ def error_from_response(
     cls = _BY_STATUS.get(status)
     if cls is None:
         cls = ClientError if 400 <= status < 500 else ServerError
-    first = ErrorItem.from_raw(errors[0]) if errors else None
-    label = f"{first.code} {first.title}" if first and first.code else "no error details"
-    where = operation_id or url.split("?", 1)[0]
-    message = f"HTTP {status} from {where}: {label}"
-    if first and first.detail:
-        message += f" ({first.detail})"
     common: dict[str, Any] = {
         "http_status": status,
         "errors": errors,
@@ -450,7 +469,7 @@ def error_from_response(
         "headers": headers,
     }
     if cls is RateLimitError:
-        error = RateLimitError(message, **common)
+        error = RateLimitError(**common)
         error.retry_after = retry_after_seconds(headers, rate_limit, error.retry_in, now)
         return error
-    return cls(message, **common)
+    return cls(**common)

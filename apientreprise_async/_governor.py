@@ -43,7 +43,7 @@ import attrs
 from ._catalogue import GROUP_LIMITS, IP_LIMIT, Endpoint
 from ._clock import current_time
 from ._errors import RateLimitError, retry_after_seconds
-from ._response import parse_rate_limit
+from ._response import parse_rate_limit, parse_window
 from .backends import (
     Blocked,
     BucketState,
@@ -500,7 +500,7 @@ class Permit:
         now = current_time()
         self._answered = now
         headers = _lower(headers)
-        rate_limit = parse_rate_limit(headers)
+        rate_limit = parse_window(headers)
         wall_now: float | None = None
         if rate_limit is not None:
             wall_now = governor._wall_clock()

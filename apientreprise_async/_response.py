@@ -5,32 +5,45 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import attrs
 import httpx
 
-__all__ = ["RateLimit", "Response", "parse_rate_limit"]
+__all__ = ["RateLimit", "Response", "parse_rate_limit", "parse_window"]
 
 T = TypeVar("T")
 
 
 @attrs.frozen
 class RateLimit:
-    """The ``RateLimit-*`` headers of one answer.
+    """The ``RateLimit-*`` headers of one answer, each ``None`` when absent or malformed.
 
     ``reset_epoch`` keeps sub-second precision (a scaled test server sends
     decimals); ``reset_at`` is the same instant as an aware UTC datetime.
     """
 
+    limit: int | None
+    remaining: int | None
+    reset_epoch: float | None
+
+    @property
+    def reset_at(self) -> dt.datetime | None:
+        """End of the current window, as an aware UTC datetime (``None`` if unknown)."""
+        if self.reset_epoch is None:
+            return None
+        try:
+            return dt.datetime.fromtimestamp(self.reset_epoch, tz=dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+
+
+class _Window(NamedTuple):
+    """All three headers, what the governor needs to learn a window."""
+
     limit: int
     remaining: int
     reset_epoch: float
-
-    @property
-    def reset_at(self) -> dt.datetime:
-        """End of the current window, as an aware UTC datetime."""
-        return dt.datetime.fromtimestamp(self.reset_epoch, tz=dt.UTC)
 
 
 def _parse_float(value: str | None) -> float | None:
@@ -43,16 +56,33 @@ def _parse_float(value: str | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _count(value: str | None) -> float | None:
+    number = _parse_float(value)
+    return None if number is None or number < 0 else number
+
+
 def parse_rate_limit(headers: Mapping[str, str]) -> RateLimit | None:
-    """Read ``RateLimit-Limit/Remaining/Reset``; ``None`` if any is absent or malformed."""
-    limit = _parse_float(headers.get("ratelimit-limit"))
-    remaining = _parse_float(headers.get("ratelimit-remaining"))
-    reset = _parse_float(headers.get("ratelimit-reset"))
+    """Read whichever ``RateLimit-*`` headers are usable; ``None`` when none is."""
+    limit = _count(headers.get("ratelimit-limit"))
+    remaining = _count(headers.get("ratelimit-remaining"))
+    reset = _count(headers.get("ratelimit-reset"))
+    if limit is None and remaining is None and reset is None:
+        return None
+    return RateLimit(
+        limit=None if limit is None else int(limit),
+        remaining=None if remaining is None else int(remaining),
+        reset_epoch=reset,
+    )
+
+
+def parse_window(headers: Mapping[str, str]) -> _Window | None:
+    """All three ``RateLimit-*`` headers, or ``None`` if any is absent or malformed."""
+    limit = _count(headers.get("ratelimit-limit"))
+    remaining = _count(headers.get("ratelimit-remaining"))
+    reset = _count(headers.get("ratelimit-reset"))
     if limit is None or remaining is None or reset is None:
         return None
-    if limit < 0 or remaining < 0 or reset < 0:
-        return None
-    return RateLimit(limit=int(limit), remaining=int(remaining), reset_epoch=reset)
+    return _Window(int(limit), int(remaining), reset)
 
 
 @attrs.frozen

@@ -337,7 +337,7 @@ async def test_one_log_record_per_request(caplog: pytest.LogCaptureFixture) -> N
     assert UL_PATH == record.path
     assert "recipient=13002526500013" in record.query
     assert 200 == record.http_status
-    assert "249" == record.rate_limit_remaining
+    assert 249 == record.rate_limit_remaining
     assert "req-123" == record.request_id
     assert record.duration_ms >= 0
 

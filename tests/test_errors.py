@@ -20,6 +20,7 @@ from apientreprise_async import (
     NotFoundError,
     ProviderError,
     ProviderUnavailableError,
+    RateLimit,
     RateLimitError,
     ServerError,
     TransportError,
@@ -190,23 +191,18 @@ def test_rate_limit_parser() -> None:
     )
     assert decimal is not None
     assert 12.75 == decimal.reset_epoch
-    assert parse_rate_limit(httpx.Headers({"RateLimit-Limit": "50"})) is None
-    assert (
-        parse_rate_limit(
-            httpx.Headers(
-                {"RateLimit-Limit": "x", "RateLimit-Remaining": "1", "RateLimit-Reset": "1"}
-            )
-        )
-        is None
+    # Partial or partly malformed headers give what they can (DINUM spec §7.1).
+    assert RateLimit(50, None, None) == parse_rate_limit(httpx.Headers({"RateLimit-Limit": "50"}))
+    partly = parse_rate_limit(
+        httpx.Headers({"RateLimit-Limit": "x", "RateLimit-Remaining": "1", "RateLimit-Reset": "1"})
     )
-    assert (
-        parse_rate_limit(
-            httpx.Headers(
-                {"RateLimit-Limit": "nan", "RateLimit-Remaining": "1", "RateLimit-Reset": "1"}
-            )
+    assert RateLimit(None, 1, 1.0) == partly
+    nan = parse_rate_limit(
+        httpx.Headers(
+            {"RateLimit-Limit": "nan", "RateLimit-Remaining": "-1", "RateLimit-Reset": "z"}
         )
-        is None
     )
+    assert nan is None
 
 
 @functools.cache
