@@ -66,6 +66,7 @@ from ._errors import (
     RateLimitError,
     ServiceUnreachable,
     TokenExpiredError,
+    TransportError,
 )
 from ._governor import Counters
 from ._maintenance import maintenance_remaining, paris_time
@@ -103,8 +104,11 @@ BATCH_RETRY = RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=60.0, deadli
 
 # Errors that say nothing about one input but about the whole run (token,
 # privileges, a silent server): going on would only burn quota or write a
-# million identical error lines. The batch stops and raises them.
+# million identical error lines. The batch stops and raises them, and writes no
+# line for the input, so that a rerun once the cause is fixed does it.
 _FATAL = (AuthenticationError, AuthorizationError, TokenExpiredError, ServiceUnreachable)
+# Traceability refused locally is configuration, not a bad input.
+_TRACEABILITY = frozenset({"recipient", "context", "object"})
 # A local 429 (the bucket was paused between grant and send) is requeued, not
 # an outcome; this bounds how often one job may be requeued that way.
 _LOCAL_REQUEUES = 50
@@ -127,6 +131,7 @@ class BatchOptions(TypedDict, total=False):
     fsync: bool
     now: Callable[[], dt.datetime]
     params: Callable[[Input, str], Mapping[str, Any]] | None
+    retry_errors: bool
     recipient: str | None
     context: str | None
     object: str | None
@@ -236,7 +241,40 @@ def _describe_error(error: ApiEntrepriseError) -> dict[str, Any]:
         out.update(code="local_validation", parameter=error.parameter)
     if error.attempts:
         out["attempts"] = len(error.attempts)
+    out["retryable"] = _worth_retrying(out)
     return out
+
+
+def _worth_retrying(error: Mapping[str, Any]) -> bool:
+    """Whether a rerun may get another answer for an input that ended in this error.
+
+    The input is not at fault when the server refused the token or a
+    privilege (since fixed, perhaps), ran into a conflict or a rate limit,
+    failed on its side (5xx), or did not answer. A 4xx about the request
+    itself (400, 404, 422, 451) or a local refusal would fail the same way.
+    """
+    if "retryable" in error:
+        return bool(error["retryable"])
+    status = error.get("http_status")
+    if status is None:
+        return error.get("code") != "local_validation"
+    return status in (401, 403, 409, 429) or status >= 500
+
+
+def _is_fatal(error: ApiEntrepriseError) -> bool:
+    """Whether ``error`` is about the run (token, settings, no answer) rather than an input."""
+    if isinstance(error, _FATAL):
+        return True
+    if isinstance(error, InvalidParameterError):
+        return error.parameter in _TRACEABILITY
+    if isinstance(error, TransportError):
+        # No answer even after the retries: the server is unreachable or
+        # silent, which says nothing about this input. (A body that is not
+        # JSON is an answer, and stays an outcome.)
+        from ._client import _Silence  # the client module imports this one
+
+        return isinstance(error, _Silence)
+    return False
 
 
 @attrs.define
@@ -245,6 +283,7 @@ class BatchStats:
 
     Attributes:
         resumed: outcome lines found in the output file when the batch opened.
+        resumed_errors: those of them with the status ``error`` (see ``retry_errors``).
         skipped: inputs of this run skipped because the output already had them
             (each occurrence of a duplicate counts, and uses up one line).
         done: outcomes produced by this run.
@@ -257,6 +296,7 @@ class BatchStats:
     """
 
     resumed: int = 0
+    resumed_errors: int = 0
     skipped: int = 0
     done: int = 0
     ok: int = 0
@@ -315,6 +355,8 @@ class _DoneSet:
         self._digests = array("Q")
         self._counts = array("I")
         self._lines = 0
+        #: Lines whose status is ``error`` (reported, so a rerun never looks clean).
+        self.errors = 0
 
     def __len__(self) -> int:
         """Lines loaded (claimed or not)."""
@@ -347,8 +389,12 @@ class _DoneSet:
         return False
 
 
-def _load_checkpoint(path: pathlib.Path) -> _DoneSet:
+def _load_checkpoint(path: pathlib.Path, retry_errors: bool = False) -> _DoneSet:
     """Read the output file's complete lines; cut off a last line left partial.
+
+    With ``retry_errors``, error lines worth retrying are first removed from
+    the file (rewritten beside it, then renamed over it), so their inputs are
+    done again and the file still ends with one line per input line.
 
     Raises:
         ValueError: a complete line is not an outcome (not our file?).
@@ -356,6 +402,8 @@ def _load_checkpoint(path: pathlib.Path) -> _DoneSet:
     done = _DoneSet()
     if not path.exists():
         return done
+    if retry_errors:
+        _drop_retryable_errors(path)
     good_end = 0
     with path.open("rb") as lines:
         number = 0
@@ -366,6 +414,8 @@ def _load_checkpoint(path: pathlib.Path) -> _DoneSet:
             try:
                 line = json.loads(raw)
                 done.add(_digest(line["operation"], line["input"]))
+                if line.get("status") == "error":
+                    done.errors += 1
             except (ValueError, KeyError, TypeError):
                 if not raw.strip():
                     good_end += len(raw)
@@ -380,6 +430,33 @@ def _load_checkpoint(path: pathlib.Path) -> _DoneSet:
             out.truncate(good_end)
     done.freeze()
     return done
+
+
+def _drop_retryable_errors(path: pathlib.Path) -> int:
+    """Rewrite ``path`` without its error lines worth retrying; return how many went."""
+    kept = path.with_name(f".{path.name}.retry-errors")
+    dropped = 0
+    with path.open("rb") as lines, kept.open("wb") as out:
+        for raw in lines:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = None  # partial or foreign: left for the checkpoint to judge
+            if (
+                isinstance(line, dict)
+                and line.get("status") == "error"
+                and _worth_retrying(line.get("error") or {})
+            ):
+                dropped += 1
+                continue
+            out.write(raw)
+        out.flush()
+        os.fsync(out.fileno())
+    if dropped:
+        kept.replace(path)
+    else:
+        kept.unlink()
+    return dropped
 
 
 class _Gate:
@@ -446,9 +523,10 @@ class Batch:
     Build it with :meth:`AsyncClient.batch`. Entering it starts the workers;
     iterating yields :class:`Outcome` objects in completion order; leaving it
     (normally, by ``break`` or by an exception) stops whatever is left. An
-    error that concerns the whole run (401, 403, expired token, a server gone
-    silent) stops the batch and is raised by the iteration, after the
-    outcomes already obtained.
+    error that concerns the whole run (401, 403, expired token, missing
+    traceability, a server that does not answer) stops the batch and is
+    raised by the iteration, after the outcomes already obtained; no line is
+    written for the inputs it did not finish, so a rerun does them.
 
     Args:
         client: an open client; the batch uses a copy of it with retries on,
@@ -479,6 +557,9 @@ class Batch:
             waiting uses anyio's clock.
         params: ``(input, operation) -> parameters`` when inputs are not
             plain identifiers of a one-parameter operation.
+        retry_errors: with ``output``, do again the inputs whose line is an
+            error worth retrying (401, 403, 409, 429, 5xx, no answer): their
+            lines are removed from the file first.
         recipient, context, object: traceability for every call of the batch.
 
     Raises:
@@ -502,6 +583,7 @@ class Batch:
         fsync: bool = False,
         now: Callable[[], dt.datetime] = _utc_now,
         params: Callable[[Input, str], Mapping[str, Any]] | None = None,
+        retry_errors: bool = False,
         recipient: str | None = None,
         context: str | None = None,
         object: str | None = None,
@@ -533,6 +615,7 @@ class Batch:
         self._params = params
         self._output = None if output is None else pathlib.Path(output)
         self._fsync = fsync
+        self._retry_errors = retry_errors
         self.stats = BatchStats()
         window = None if off_peak is None else parse_window(off_peak)
         self._gate = _Gate(window, now, self.stats)
@@ -580,8 +663,11 @@ class Batch:
         self._entered = True
         if self._output is not None:
             output = self._output
-            self._done = await anyio.to_thread.run_sync(_load_checkpoint, output)
+            self._done = await anyio.to_thread.run_sync(
+                _load_checkpoint, output, self._retry_errors
+            )
             self.stats.resumed = len(self._done)
+            self.stats.resumed_errors = self._done.errors
             self._file = await anyio.to_thread.run_sync(output.open, "ab")
         self.stats.started = anyio.current_time()
         self._counters_start = self._governor.counters
@@ -771,9 +857,9 @@ class Batch:
                         continue
                     raise
                 break
-        except _FATAL:
-            raise
         except ApiEntrepriseError as exc:
+            if _is_fatal(exc):
+                raise
             return Outcome(job.input, job.operation, job.index, error=exc, elapsed=_since(started))
         finally:
             stats.in_flight -= 1

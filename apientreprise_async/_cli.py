@@ -11,10 +11,14 @@ a traceback.
 from __future__ import annotations
 
 import argparse
+import ast
+import asyncio
 import base64
 import copy
 import csv
+import functools
 import json
+import logging
 import os
 import pathlib
 import secrets
@@ -22,8 +26,9 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 
@@ -37,12 +42,14 @@ from ._errors import (
     AuthenticationError,
     AuthorizationError,
     InvalidParameterError,
+    MissingParameterError,
     NotFoundError,
     TokenExpiredError,
     TransportError,
     UnknownOperationError,
 )
 from ._governor import Governor, Limits
+from ._identifiers import validate_traceability
 from .backends import InMemoryBackend
 
 try:
@@ -81,14 +88,20 @@ exit codes:
   {EXIT_OK}    success
   {EXIT_FAILED}    the call failed, or some inputs of the batch ended in error
   {EXIT_USAGE}    bad command line
-  {EXIT_CONFIG}    configuration: token, input file, option value, missing extra
+  {EXIT_CONFIG}    configuration: token (missing, unreadable, expired), traceability,
+       input file or column, option value, missing extra
   {EXIT_AUTH}    the server refused the token or a privilege (401, 403)
   {EXIT_UNREACHABLE}    no answer from the server
   {EXIT_INTERRUPTED}  interrupted
 
+A batch stopped by a failure that is not about one input (codes 3, 4, 5)
+writes no line for the inputs it did not finish: fix the cause and rerun
+with the same --output to go on.
+
 The token comes from API_ENTREPRISE_TOKEN or --token-file, never from an
 argument. Traceability defaults come from API_ENTREPRISE_RECIPIENT,
-API_ENTREPRISE_CONTEXT and API_ENTREPRISE_OBJECT.
+API_ENTREPRISE_CONTEXT and API_ENTREPRISE_OBJECT. The library's log records
+go to stderr with APIENTREPRISE_LOG=INFO (or DEBUG, WARNING).
 """
 
 _DEMO_OPERATION = "api_entreprise_v4_insee_unites_legales"
@@ -101,6 +114,14 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_CONFIG) -> None:
         super().__init__(message)
         self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr, not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USAGE)
 
 
 # -- arguments -------------------------------------------------------------------------
@@ -127,7 +148,7 @@ def _add_connection(parser: argparse.ArgumentParser, *, traceability: bool = Tru
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="apientreprise",
         description="API Entreprise from the command line, within its rate limits.",
         epilog=_EXIT_CODES,
@@ -161,13 +182,33 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     batch = command("batch", "call one operation (or several) for every identifier of a file")
-    batch.add_argument("operation", help="operation id; several separated by commas")
+    batch.add_argument(
+        "operation",
+        help="operation id or Python name (insee.unites_legales); several separated by commas",
+    )
     batch.add_argument(
         "--input", required=True, metavar="FILE", help="CSV, TXT (one id a line) or JSONL"
     )
-    batch.add_argument("--column", help="the CSV column or JSONL key holding the identifier")
+    batch.add_argument(
+        "--column",
+        help="the CSV column or JSONL key holding the identifier "
+        "(default: the column named siret, siren or after the operation's parameter)",
+    )
     batch.add_argument(
         "--output", required=True, metavar="FILE", help="JSON-lines results; rerun to resume"
+    )
+    batch.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="do again the inputs whose line in --output is an error worth retrying "
+        "(401, 403, 409, 429, 5xx, no answer)",
+    )
+    batch.add_argument(
+        "--progress-every",
+        metavar="N[%]",
+        default="60",
+        help="off a terminal, print a progress line every N seconds, or every N %% "
+        "of the inputs (60)",
     )
     batch.add_argument("--off-peak", metavar="HH:MM-HH:MM", help="only call in this Paris window")
     batch.add_argument("--concurrency", type=int, help="worker tasks (default: from the limits)")
@@ -182,7 +223,11 @@ def _parser() -> argparse.ArgumentParser:
     batch.set_defaults(handler=_batch)
 
     call = command("call", "one call, printed as JSON")
-    call.add_argument("operation", help="operation id (see `apientreprise call --list`)")
+    call.add_argument(
+        "operation",
+        nargs="?",
+        help="operation id or Python name, e.g. insee.unites_legales (see --list)",
+    )
     call.add_argument("id", nargs="?", help="the identifier (SIREN, SIRET...)")
     call.add_argument(
         "--param",
@@ -191,7 +236,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="another parameter (repeatable)",
     )
-    call.add_argument("--list", action="store_true", help="list the operation ids and exit")
+    call.add_argument(
+        "--list", action="store_true", help="list the operations (id and Python name) and exit"
+    )
     _add_connection(call)
     call.set_defaults(handler=_call)
 
@@ -243,10 +290,41 @@ def _traceability(args: argparse.Namespace, name: str) -> str | None:
     return value or None
 
 
+def _usable_token(token_file: str | None) -> str:
+    """The token, refused here if it is known to be expired (the server would say 401)."""
+    token = _read_token(token_file)
+    info = TokenInfo.from_jwt(token)
+    if info is not None and info.is_expired() and info.expires_at is not None:
+        where = f"the token in {token_file}" if token_file else "the token"
+        raise CliError(
+            f"{where} expired on {info.expires_at:%Y-%m-%d %H:%M} UTC; ask for a new one"
+        )
+    return token
+
+
+def _check_traceability(args: argparse.Namespace, endpoints: Sequence[Endpoint]) -> None:
+    """Refuse missing or malformed traceability before anything is sent or written."""
+    if not any(e.traceability for e in endpoints):
+        return
+    try:
+        validate_traceability(
+            _traceability(args, "recipient"),
+            _traceability(args, "context"),
+            _traceability(args, "object"),
+        )
+    except InvalidParameterError as exc:
+        name = exc.parameter
+        raise CliError(
+            f"{exc}: pass --{name} or set API_ENTREPRISE_{name.upper()}"
+            if isinstance(exc, MissingParameterError)
+            else str(exc)
+        ) from None
+
+
 def _client(args: argparse.Namespace, **extra: Any) -> AsyncClient:
     try:
         return AsyncClient(
-            _read_token(args.token_file),
+            _usable_token(args.token_file),
             environment=args.env,
             base_url=args.base_url,
             recipient=_traceability(args, "recipient"),
@@ -262,15 +340,63 @@ def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False)
 
 
+@functools.cache
+def _python_names() -> dict[str, str]:
+    """``provider.method`` (as on the client) -> the operation id it calls by default.
+
+    Read from the generated resource groups, so the command knows exactly
+    the names the Python API has: a method taking ``version=`` calls its
+    newest version that is not deprecated.
+    """
+    from . import _gen_resources
+
+    tree = ast.parse(pathlib.Path(_gen_resources.__file__).read_text("utf-8"))
+    groups: dict[str, str] = {}  # class name -> attribute on the client
+    methods: dict[str, dict[str, list[str]]] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        if node.name == "Resources":
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    groups[ast.unparse(item.annotation)] = item.target.id
+            continue
+        for item in node.body:
+            if isinstance(item, ast.AsyncFunctionDef):
+                ids = [
+                    sub.value
+                    for sub in ast.walk(item)
+                    if isinstance(sub, ast.Constant)
+                    and isinstance(sub.value, str)
+                    and sub.value.startswith("api_entreprise_")
+                ]
+                if ids:
+                    methods.setdefault(node.name, {})[item.name] = ids
+    names: dict[str, str] = {"privileges": "api_entreprise_privileges"}
+    for class_name, found in methods.items():
+        group = groups.get(class_name)
+        if group is None:
+            continue
+        for method, ids in found.items():
+            endpoints = [get_endpoint(i) for i in ids]
+            current = [e for e in endpoints if not e.deprecated] or endpoints
+            names[f"{group}.{method}"] = max(current, key=lambda e: e.version).operation_id
+    return names
+
+
 def _operation(name: str) -> Endpoint:
+    """An operation by id or by Python name (``insee.unites_legales``)."""
     try:
         return get_endpoint(name)
     except UnknownOperationError:
-        close = [e.operation_id for e in all_endpoints() if name in e.operation_id][:3]
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise CliError(
-            f"unknown operation {name!r}{hint}; see `apientreprise call --list`"
-        ) from None
+        pass
+    operation_id = _python_names().get(name)
+    if operation_id is not None:
+        return get_endpoint(operation_id)
+    known = [e.operation_id for e in all_endpoints()] + list(_python_names())
+    close = [k for k in known if name and name in k][:3]
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise CliError(f"unknown operation {name!r}{hint}; see `apientreprise call --list`") from None
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -283,54 +409,115 @@ def _count_inputs(path: pathlib.Path) -> int:
     return max(0, count - 1) if path.suffix.lower() == ".csv" else count
 
 
-def _read_inputs(path: pathlib.Path, column: str | None) -> Iterator[Input]:
-    """Inputs of a CSV, JSONL or text file, one at a time (never the whole file)."""
+def _open_inputs(
+    path: pathlib.Path, column: str | None, endpoints: Sequence[Endpoint]
+) -> Iterator[Input]:
+    """Check the file's header now; return its inputs, read one at a time later.
+
+    Everything that can be judged from the start of the file (encoding, CSV
+    header, the identifier column) fails here, before the batch writes
+    anything.
+    """
     suffix = path.suffix.lower()
-    with path.open(encoding="utf-8-sig", newline="") as stream:
-        if suffix == ".csv":
-            sample = stream.read(4096)
-            stream.seek(0)
-            try:
-                dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t|")
-            except csv.Error:
-                dialect = csv.excel
-            rows = csv.DictReader(stream, dialect=dialect)
-            fields = rows.fieldnames or []
-            name = column or _guess_column(fields)
-            if name not in fields:
-                raise CliError(f"{path}: no column {name!r} (columns: {', '.join(fields)})")
-            for row in rows:
-                yield (row.get(name) or "").strip()
-        elif suffix in (".jsonl", ".ndjson"):
-            for number, line in enumerate(stream, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)
-                except ValueError:
-                    raise CliError(f"{path}: line {number} is not JSON") from None
-                if isinstance(value, dict):
-                    if column is not None:
-                        yield str(value.get(column, ""))
-                    else:
-                        yield value
-                else:
-                    yield str(value)
-        else:
-            for line in stream:
-                value = line.strip()
-                if value and not value.startswith("#"):
-                    yield value
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as stream:
+            head = stream.read(4096)
+    except UnicodeDecodeError:
+        raise CliError(f"{path}: not UTF-8 text") from None
+    if suffix == ".csv":
+        try:
+            dialect: Any = csv.Sniffer().sniff(head, delimiters=",;\t|")
+        except csv.Error:
+            dialect = csv.excel
+        first = next(csv.reader(head.splitlines()[:1], dialect=dialect), [])
+        name = _csv_column(path, first, column, endpoints)
+        return _read_csv(path, name, dialect)
+    if suffix in (".jsonl", ".ndjson"):
+        if column is not None:
+            _check_jsonl_key(path, head, column)
+        return _read_jsonl(path, column)
+    return _read_lines(path)
 
 
-def _guess_column(fields: Sequence[str]) -> str:
+def _csv_column(
+    path: pathlib.Path, fields: Sequence[str], column: str | None, endpoints: Sequence[Endpoint]
+) -> str:
+    """The column holding the identifier: the one named, or one whose name says so."""
+    shown = ", ".join(repr(f) for f in fields) or "none"
+    if not any(f.strip() for f in fields):
+        raise CliError(f"{path}: no header line; the first line must name the columns")
+    if column is not None:
+        if column not in fields:
+            raise CliError(f"{path}: no column {column!r} (columns: {shown})")
+        return column
+    wanted = ["siret", "siren", "id", "identifiant"]
+    wanted += [p.name.lower() for e in endpoints for p in e.path_params]
     lowered = {f.lower().strip(): f for f in fields}
-    for name in ("siret", "siren", "id", "identifiant"):
+    for name in wanted:
         if name in lowered:
             return lowered[name]
-    if not fields:
-        raise CliError("the CSV file has no header line")
-    return fields[0]
+    # "numero_siret", "SIRET établissement": one column whose name holds the word.
+    for word in ("siret", "siren"):
+        holding = [f for f in fields if word in f.lower()]
+        if len(holding) == 1:
+            return holding[0]
+    raise CliError(
+        f"{path}: no identifier column among {shown}; name it with --column "
+        "(looked for siret, siren, id, identifiant)"
+    )
+
+
+def _check_jsonl_key(path: pathlib.Path, head: str, column: str) -> None:
+    for line in head.splitlines()[:1]:
+        try:
+            value = json.loads(line)
+        except ValueError:
+            return  # reported with its line number when read
+        if isinstance(value, dict) and column not in value:
+            keys = ", ".join(repr(k) for k in value) or "none"
+            raise CliError(f"{path}: no key {column!r} in the first line (keys: {keys})")
+
+
+def _reading(path: pathlib.Path) -> Iterator[tuple[int, str]]:
+    """Numbered lines of ``path``; a decoding error is a one-line failure."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as stream:
+            yield from enumerate(stream, start=1)
+    except UnicodeDecodeError:
+        raise CliError(f"{path}: not UTF-8 text") from None
+
+
+def _read_csv(path: pathlib.Path, column: str, dialect: Any) -> Iterator[Input]:
+    try:
+        rows = csv.DictReader((line for _, line in _reading(path)), dialect=dialect)
+        for row in rows:
+            yield (row.get(column) or "").strip()
+    except csv.Error as exc:
+        raise CliError(f"{path}: not a readable CSV file ({exc})") from None
+
+
+def _read_jsonl(path: pathlib.Path, column: str | None) -> Iterator[Input]:
+    for number, line in _reading(path):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            raise CliError(f"{path}: line {number} is not JSON") from None
+        if isinstance(value, dict):
+            if column is not None:
+                yield str(value.get(column, ""))
+            else:
+                yield value
+        else:
+            yield str(value)
+
+
+def _read_lines(path: pathlib.Path) -> Iterator[Input]:
+    for _, line in _reading(path):
+        value = line.strip()
+        if value and not value.startswith("#"):
+            yield value
 
 
 # -- progress and summary -------------------------------------------------------------
@@ -392,6 +579,8 @@ def _summary(batch: Batch, elapsed: float, limit: int, period: float, title: str
     table.add_row("inputs done", f"{stats.done:,}")
     if stats.skipped:
         table.add_row("skipped (already in the output)", f"{stats.skipped:,}")
+    if stats.resumed_errors:
+        table.add_row("  of which errors", f"{stats.resumed_errors:,}")
     table.add_row("  found", f"{stats.ok:,}")
     table.add_row("  not found (404)", f"{stats.not_found:,}")
     table.add_row("  invalid, refused locally", f"{stats.invalid:,}")
@@ -418,9 +607,99 @@ def _summary(batch: Batch, elapsed: float, limit: int, period: float, title: str
     return table
 
 
-async def _watch_batch(console: Console, batch: Batch, total: int | None, label: str) -> float:
-    """Consume a batch under a progress bar; return the elapsed seconds."""
+class _Every:
+    """When to print a progress line off a terminal: every N seconds, or every N %."""
+
+    def __init__(self, spec: str) -> None:
+        text = spec.strip()
+        self.percent = text.endswith("%")
+        try:
+            value = float(text.rstrip("%s").strip())
+        except ValueError:
+            value = -1.0
+        if not value > 0 or (self.percent and value > 100):
+            raise CliError(
+                f"--progress-every {spec!r}: give seconds (60) or a share of the inputs (5%)"
+            )
+        self.value = value
+
+
+class _Lines:
+    """Progress off a terminal (cron, a pipe): one plain line now and then, on stdout."""
+
+    def __init__(
+        self, batch: Batch, total: int | None, label: str, every: _Every, started: float
+    ) -> None:
+        self.batch = batch
+        self.total = total
+        self.label = label
+        self.every = every
+        self.started = started
+        self.next_share = every.value
+
+    def line(self) -> str:
+        stats = self.batch.stats
+        counters = self.batch.governor_counters()
+        elapsed = time.monotonic() - self.started
+        rate = stats.done / elapsed if elapsed > 0 else 0.0
+        done = f"{stats.done:,}"
+        if self.total:
+            done += f"/{self.total:,} ({stats.done / self.total:.0%})"
+        parts = [
+            f"{self.label}: {done} done in {elapsed:,.0f} s, {rate:.1f}/s",
+            f"found {stats.ok:,}",
+            f"not found {stats.not_found:,}",
+            f"invalid {stats.invalid:,}",
+            f"errors {stats.errors:,}",
+            f"429 {counters.rate_limited}",
+        ]
+        if self.total and rate > 0 and stats.done < self.total:
+            left = round((self.total - stats.done) / rate)
+            parts.append(f"ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}")
+        if stats.closed_until is not None:
+            parts.append(f"paused until {stats.closed_until:%H:%M} ({stats.closed_reason})")
+        return ", ".join(parts)
+
+    def emit(self) -> None:
+        print(self.line(), flush=True)
+
+    def advanced(self) -> None:
+        """After an outcome: a line each time another N % of the inputs is done."""
+        if not (self.every.percent and self.total):
+            return
+        share = 100 * self.batch.stats.done / self.total
+        if share >= self.next_share:
+            while self.next_share <= share:
+                self.next_share += self.every.value
+            self.emit()
+
+    async def tick(self) -> None:
+        """A line every N seconds, whatever happens (a long pause included)."""
+        if self.every.percent:
+            return
+        while True:
+            await anyio.sleep(self.every.value)
+            self.emit()
+
+
+async def _watch_batch(
+    console: Console,
+    batch: Batch,
+    total: int | None,
+    label: str,
+    every: _Every | None = None,
+) -> float:
+    """Consume a batch under a progress bar (or progress lines); return the elapsed seconds."""
     started = time.monotonic()
+    if not console.is_terminal and every is not None:
+        lines = _Lines(batch, total, label, every, started)
+        async with anyio.create_task_group() as group:
+            group.start_soon(lines.tick)
+            async with batch as outcomes:
+                async for _outcome in outcomes:
+                    lines.advanced()
+            group.cancel_scope.cancel()
+        return time.monotonic() - started
     watch = _Watch(console, batch, total, label)
     with watch.progress:
         async with anyio.create_task_group() as group:
@@ -431,6 +710,25 @@ async def _watch_batch(console: Console, batch: Batch, total: int | None, label:
             group.cancel_scope.cancel()
         watch.refresh()
     return time.monotonic() - started
+
+
+def _failed_line(batch: Batch, output: str) -> str | None:
+    """The stderr line of a batch with failed inputs, in the summary's words."""
+    stats = batch.stats
+    parts = []
+    if stats.errors:
+        parts.append(f"{stats.errors:,} ended in error")
+    if stats.invalid:
+        parts.append(f"{stats.invalid:,} invalid, refused locally")
+    if stats.resumed_errors:
+        parts.append(f"{stats.resumed_errors:,} in error from an earlier run")
+    if not parts:
+        return None
+    return f"inputs: {' and '.join(parts)}; see {output}" + (
+        " (--retry-errors does the errors worth retrying again)"
+        if stats.errors or stats.resumed_errors
+        else ""
+    )
 
 
 def _bucket_limit(governor: Governor, operations: Sequence[str]) -> int:
@@ -557,9 +855,12 @@ def _no_document(title: str, subject: str) -> tuple[str, int]:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    operations = [name.strip() for name in args.operation.split(",") if name.strip()]
-    for name in operations:
-        _operation(name)
+    # Everything that can be checked before the first call is, so that a
+    # configuration mistake costs neither a call nor a line of the output.
+    endpoints = [_operation(n.strip()) for n in args.operation.split(",") if n.strip()]
+    if not endpoints:
+        raise CliError("no operation given", EXIT_USAGE)
+    operations = [e.operation_id for e in endpoints]
     path = pathlib.Path(args.input)
     if not path.is_file():
         raise CliError(f"no input file {path}")
@@ -567,36 +868,54 @@ def _batch(args: argparse.Namespace) -> int:
         raise CliError("--period must be positive")
     if args.concurrency is not None and args.concurrency < 1:
         raise CliError("--concurrency must be at least 1")
+    every = _Every(args.progress_every)
+    output = pathlib.Path(args.output)
+    if output.is_dir():
+        raise CliError(f"--output {output} is a directory")
+    if not output.parent.is_dir():
+        raise CliError(f"--output {output}: no directory {output.parent}")
+    inputs = _open_inputs(path, args.column, endpoints)
+    _check_traceability(args, endpoints)
     total = _count_inputs(path) * len(operations)
     console = _console()
     governor = Governor(Limits(period=args.period))
     client = _client(args, governor=governor)
+    existed = output.exists()
+    state: dict[str, Any] = {}
 
-    async def run() -> tuple[Batch, float]:
+    async def run() -> None:
         async with client:
             try:
                 batch = client.batch(
                     operations,
-                    _read_inputs(path, args.column),
-                    output=args.output,
+                    inputs,
+                    output=output,
                     off_peak=args.off_peak,
                     concurrency=args.concurrency,
                     fsync=args.fsync,
+                    retry_errors=args.retry_errors,
                 )
             except ValueError as exc:
                 raise CliError(str(exc)) from None
-            left = total  # shown once the output file was read (resume)
-            watch_total = None if not total else left
-            elapsed = await _watch_batch(console, batch, watch_total, "batch")
-            return batch, elapsed
+            state["batch"] = batch
+            state["elapsed"] = await _watch_batch(console, batch, total or None, "batch", every)
 
-    batch, elapsed = anyio.run(run)
+    try:
+        anyio.run(run)
+    except BaseException:
+        # Nothing written: leave no empty file behind, as if the run never was.
+        if not existed and output.is_file() and output.stat().st_size == 0:
+            output.unlink()
+        batch = state.get("batch")
+        if batch is not None and batch.stats.done:
+            console.print(f"stopped after {batch.stats.done:,} outcomes written to {output}")
+        raise
+    batch = state["batch"]
     limit = _bucket_limit(governor, operations)
-    console.print(_summary(batch, elapsed, limit, args.period, f"Summary → {args.output}"))
-    stats = batch.stats
-    failed = stats.errors + stats.invalid
+    console.print(_summary(batch, state["elapsed"], limit, args.period, f"Summary → {output}"))
+    failed = _failed_line(batch, args.output)
     if failed:
-        _fail_line(f"{failed:,} inputs ended in error; see {args.output}")
+        _fail_line(failed)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -604,9 +923,18 @@ def _batch(args: argparse.Namespace) -> int:
 def _call(args: argparse.Namespace) -> int:
     console = _console()
     if args.list:
+        by_id = {op: name for name, op in _python_names().items()}
         for endpoint in all_endpoints():
-            console.print(endpoint.operation_id)
+            name = by_id.get(endpoint.operation_id, "")
+            print(f"{endpoint.operation_id}\t{name}".rstrip(), flush=False)
+        sys.stdout.flush()
         return EXIT_OK
+    if not args.operation:
+        raise CliError(
+            "give an operation (an id or a Python name such as insee.unites_legales); "
+            "`apientreprise call --list` lists them",
+            EXIT_USAGE,
+        )
     endpoint = _operation(args.operation)
     params: dict[str, Any] = {}
     for item in args.param:
@@ -618,6 +946,7 @@ def _call(args: argparse.Namespace) -> int:
         if not endpoint.path_params:
             raise CliError(f"{endpoint.operation_id} takes no identifier")
         params.setdefault(endpoint.path_params[0].name, args.id)
+    _check_traceability(args, [endpoint])
     client = _client(args)
 
     async def run() -> Any:
@@ -646,6 +975,10 @@ def _privileges(args: argparse.Namespace) -> int:
 
     granted = anyio.run(run)
     console = _console()
+    if not console.is_terminal:
+        # Piped: whole ids, one a line, for grep and friends (a table would cut them).
+        print("\n".join(granted), flush=True)
+        return EXIT_OK
     table = Table(title=f"{len(granted)} privileges", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("privilege")
     for name in granted:
@@ -729,7 +1062,9 @@ def _fail_line(message: str) -> None:
 
 def _api_failure(exc: ApiEntrepriseError) -> tuple[str, int]:
     """One line and an exit code for an error of the library."""
-    if isinstance(exc, AuthenticationError | AuthorizationError | TokenExpiredError):
+    if isinstance(exc, TokenExpiredError):
+        code = EXIT_CONFIG  # known locally: the token file needs a new token
+    elif isinstance(exc, AuthenticationError | AuthorizationError):
         code = EXIT_AUTH
     elif isinstance(exc, TransportError):
         code = EXIT_UNREACHABLE
@@ -742,8 +1077,12 @@ def _api_failure(exc: ApiEntrepriseError) -> tuple[str, int]:
         parts = [exc.first_error_code, exc.first_error_detail or exc.first_error_title]
         detail = " ".join(p for p in parts if p) or str(exc)
         return f"{label}: {detail}", code
-    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"{type(exc).__name__}: {first_line}", code
+    # The first public class: private ones (a silence) are the library's business.
+    name = next(c.__name__ for c in type(exc).__mro__ if not c.__name__.startswith("_"))
+    first_line = str(exc).splitlines()[0] if str(exc) else name
+    if isinstance(exc, TransportError):
+        return f"no answer from the server ({name}): {first_line}", code
+    return f"{name}: {first_line}", code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -762,19 +1101,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     args = _parser().parse_args(arguments)
+    _quiet_library()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except CliError as exc:
-        _fail_line(str(exc))
-        return exc.code
-    except ApiEntrepriseError as exc:
-        message, code = _api_failure(exc)
+    except BaseException as exc:  # every failure becomes one line
+        if isinstance(exc, SystemExit):
+            raise
+        message, code = _failure(_root_cause(exc))
         _fail_line(message)
         return code
-    except KeyboardInterrupt:
-        _fail_line("interrupted")
-        return EXIT_INTERRUPTED
-    except OSError as exc:
-        _fail_line(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
-        return EXIT_CONFIG
+
+
+def _quiet_library() -> None:
+    """Log records only on request; a warning of the library is one line, not two."""
+    level = os.environ.get("APIENTREPRISE_LOG", "").strip().upper()
+    logger = logging.getLogger("apientreprise_async")
+    if level in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("apientreprise: %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(level)
+    else:
+        # Without it, Python's last-resort handler would print the library's
+        # warnings (a silent server, a learned limit) around the failure line.
+        logger.addHandler(logging.NullHandler())
+
+    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        _fail_line(f"warning: {message}")
+
+    warnings.showwarning = show
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The first real error inside task-group wrappers (cancellations are its echoes)."""
+    while isinstance(exc, BaseExceptionGroup):
+        # The commands run on asyncio (anyio's default backend).
+        inner = [e for e in exc.exceptions if not isinstance(e, asyncio.CancelledError)]
+        exc = (inner or list(exc.exceptions))[0]
+    return exc
+
+
+def _failure(exc: BaseException) -> tuple[str, int]:
+    """One line and an exit code for whatever stopped the command."""
+    if isinstance(exc, CliError):
+        return str(exc), exc.code
+    if isinstance(exc, ApiEntrepriseError):
+        return _api_failure(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", EXIT_INTERRUPTED
+    if isinstance(exc, OSError):
+        return f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), EXIT_CONFIG
+    if isinstance(exc, ValueError):
+        return str(exc), EXIT_CONFIG
+    if os.environ.get("APIENTREPRISE_TRACEBACK"):
+        raise exc
+    # A bug of ours, not the user's: still one line, and how to see more.
+    return (
+        f"internal error {type(exc).__name__}: {exc} (set APIENTREPRISE_TRACEBACK=1 to see where)",
+        EXIT_FAILED,
+    )

@@ -143,6 +143,11 @@ def _validated_traceability(
     return MappingProxyType(validate_traceability(recipient, context, object_))
 
 
+def _from_env(name: str) -> str | None:
+    """``API_ENTREPRISE_<name>``, or ``None`` when unset or empty."""
+    return os.environ.get(f"API_ENTREPRISE_{name}") or None
+
+
 class _Silence(TransportError):
     """No HTTP answer at all: what the circuit counts."""
 
@@ -169,7 +174,8 @@ class AsyncClient(Resources):
     Args:
         token: the API Entreprise JWT (else ``API_ENTREPRISE_TOKEN``).
         auth: an :class:`AuthStrategy` instead of ``token``.
-        recipient, context, object: traceability defaults, overridable per call.
+        recipient, context, object: traceability defaults, overridable per call
+            (else ``API_ENTREPRISE_RECIPIENT``, ``_CONTEXT`` and ``_OBJECT``).
         environment: ``"production"`` (default) or ``"staging"`` (else ``API_ENTREPRISE_ENV``).
         base_url: any base URL (else ``API_ENTREPRISE_BASE_URL``, else the environment's).
         timeouts: per-call-class timeouts.
@@ -231,12 +237,14 @@ class AsyncClient(Resources):
         if transport is not None and http_client is not None:
             raise ValueError("pass either transport or http_client, not both")
         url, env_name = resolve_base_url(base_url, environment)
+        # Like the command line and the FastAPI lifespan: the same variables
+        # mean the same thing in every entry point.
         settings = Settings(
             base_url=url,
             environment=env_name,
-            recipient=recipient,
-            context=context,
-            object=object,
+            recipient=recipient if recipient is not None else _from_env("RECIPIENT"),
+            context=context if context is not None else _from_env("CONTEXT"),
+            object=object if object is not None else _from_env("OBJECT"),
             timeouts=timeouts or Timeouts(),
             max_wait=max_wait,
             user_agent=user_agent or _user_agent(),

@@ -18,6 +18,8 @@ from apientreprise_async import (
     AuthenticationError,
     Governor,
     Limits,
+    MissingParameterError,
+    TransportError,
     UnknownOperationError,
 )
 from apientreprise_async._batch import Batch, parse_window
@@ -242,6 +244,42 @@ async def test_fatal_error_stops_the_batch_and_is_raised() -> None:
         with pytest.raises(AuthenticationError):
             await drain(batch)
     assert len(emu.requests) <= 5  # the calls already under way when it stopped, not 100
+
+
+@virtual_time
+async def test_missing_traceability_and_silence_stop_the_batch_without_a_line(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Configuration and a server that never answers are no input's fault: no line, then resume."""
+    for name in ("RECIPIENT", "CONTEXT", "OBJECT"):
+        monkeypatch.delenv(f"API_ENTREPRISE_{name}", raising=False)
+    emu = emulator(period=60.0)
+    out = tmp_path / "out.jsonl"
+    governor = Governor(Limits(period=60.0), backend=InMemoryBackend())
+    async with AsyncClient(TOKEN, transport=emu.transport(), governor=governor) as bare:
+        with pytest.raises(MissingParameterError):
+            await drain(bare.batch(UL, KNOWN, output=out))
+    assert "" == out.read_text("utf-8")
+    assert 0 == len(emu.requests)
+
+    def silent(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("nobody listens", request=request)
+
+    governor = Governor(Limits(period=60.0), backend=InMemoryBackend())
+    async with AsyncClient(
+        TOKEN,
+        transport=httpx.MockTransport(silent),
+        governor=governor,
+        recipient=RECIPIENT,
+        context="tests",
+        object="batch",
+    ) as client:
+        with pytest.raises(TransportError):
+            await drain(client.batch(UL, KNOWN, output=out))
+    assert "" == out.read_text("utf-8")
+    async with client_for(emu) as client:  # the server is back: the rerun does them all
+        await drain(client.batch(UL, KNOWN, output=out))
+    assert sorted(KNOWN) == sorted(json.loads(x)["input"] for x in out.read_text().splitlines())
 
 
 async def test_checkpoint_resume_skips_done_and_repairs_a_cut_line(tmp_path: pathlib.Path) -> None:

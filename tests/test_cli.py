@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -113,7 +114,12 @@ def test_batch_csv_writes_every_input_once_and_fails_on_invalid(
         environ=env(url),
     )
     assert 1 == done.returncode, done.stderr
-    assert "1 inputs ended in error" in done.stderr
+    assert "apientreprise: inputs: 1 invalid, refused locally; see" in done.stderr
+    assert 1 == len(done.stderr.splitlines())
+    found = (re.match(r"\s*(.+?)\s{2,}(\S+)\s*$", line) for line in done.stdout.splitlines())
+    summary = {row[1]: row[2] for row in found if row}
+    assert "1" == summary["invalid, refused locally"]  # the summary says the same
+    assert "0" == summary["errors"]
     assert "Traceback" not in done.stderr
     results = {line["input"]: line for line in lines_of(out)}
     assert sorted(rows) == sorted(results)
@@ -271,3 +277,161 @@ def test_emulator_command_serves_on_loopback(tmp_path: pathlib.Path) -> None:
         finally:
             process.send_signal(signal.SIGTERM)
             assert 0 == process.wait(timeout=15)
+
+
+def expired_token() -> str:
+    """A JWT-shaped token whose ``exp`` is long past."""
+    import base64
+
+    def part(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none'})}.{part({'sub': 'old', 'exp': 1_000_000})}.eA"
+
+
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [
+        ("refused token", 4),
+        ("expired token file", 3),
+        ("unreachable server", 5),
+        ("no recipient", 3),
+        ("wrong column", 3),
+        ("no identifier column", 3),
+    ],
+)
+def test_batch_failure_not_about_an_input_is_one_line_and_writes_nothing(
+    served: tuple[Emulator, str], tmp_path: pathlib.Path, case: str, code: int
+) -> None:
+    """Configuration, token or server failures: documented code, one line, no output line.
+
+    Once the cause is fixed, the rerun does every input (nothing was marked done).
+    """
+    emulator, url = served
+    source = tmp_path / "in.csv"
+    header = "nom,raison" if case == "no identifier column" else "nom,siren"
+    source.write_text(f"{header}\na,{KNOWN[0]}\nb,{KNOWN[1]}\nc,418166096\n", "utf-8")
+    out = tmp_path / "out.jsonl"
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n", "utf-8")
+    args = ["batch", "insee.unites_legales", "--input", str(source), "--output", str(out)]
+    broken = [*args, "--token-file", str(token_file)]
+    environ = env(url, API_ENTREPRISE_TOKEN="")
+    if case == "refused token":
+        token_file.write_text("not-a-token-the-server-knows\n", "utf-8")
+    elif case == "expired token file":
+        token_file.write_text(expired_token() + "\n", "utf-8")
+    elif case == "unreachable server":
+        environ["API_ENTREPRISE_BASE_URL"] = "http://127.0.0.1:9"
+    elif case == "no recipient":
+        del environ["API_ENTREPRISE_RECIPIENT"]
+    elif case == "wrong column":
+        broken += ["--column", "siret"]
+    done = cli(*broken, environ=environ)
+    assert code == done.returncode, done.stderr
+    assert 1 == len(done.stderr.splitlines()), done.stderr
+    assert done.stderr.startswith("apientreprise: ")
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not out.exists() or "" == out.read_text("utf-8")
+    if case == "no identifier column":
+        assert "'nom', 'raison'" in done.stderr  # the columns it saw
+        return
+    sent = len(emulator.requests)
+    fixed = cli(*args, environ=env(url))
+    assert 0 == fixed.returncode, fixed.stderr
+    assert sorted([KNOWN[0], KNOWN[1], "418166096"]) == sorted(x["input"] for x in lines_of(out))
+    assert sent + 3 == len(emulator.requests)
+
+
+def test_retry_errors_does_again_only_errors_worth_retrying(
+    served: tuple[Emulator, str], tmp_path: pathlib.Path
+) -> None:
+    """A 502 line from an earlier run is redone with --retry-errors; a 404 or a 422 is not."""
+    emulator, url = served
+    source = tmp_path / "in.txt"
+    source.write_text(f"{KNOWN[0]}\n{KNOWN[1]}\n418166096\n", "utf-8")
+    out = tmp_path / "out.jsonl"
+
+    def line(siren: str, status: str, error: dict[str, Any]) -> str:
+        return json.dumps(
+            {"input": siren, "operation": UL, "index": 0, "status": status, "error": error}
+        )
+
+    out.write_text(
+        line(KNOWN[0], "error", {"type": "ProviderError", "http_status": 502})
+        + "\n"
+        + line(KNOWN[1], "error", {"type": "ValidationError", "http_status": 422})
+        + "\n"
+        + line("418166096", "not_found", {"type": "NotFoundError", "http_status": 404})
+        + "\n",
+        "utf-8",
+    )
+    args = ["batch", UL, "--input", str(source), "--output", str(out)]
+    plain = cli(*args, environ=env(url))
+    assert 1 == plain.returncode  # the error lines stand
+    assert 0 == len(emulator.requests)
+    again = cli(*args, "--retry-errors", environ=env(url))
+    assert 1 == again.returncode, again.stderr  # the 422 is still there
+    assert [f"/v4/insee/sirene/unites_legales/{KNOWN[0]}"] == [r.path for r in emulator.requests]
+    statuses = {entry["input"]: entry["status"] for entry in lines_of(out)}
+    assert {KNOWN[0]: "ok", KNOWN[1]: "error", "418166096": "not_found"} == statuses
+    assert 3 == len(lines_of(out))
+
+
+def test_call_list_alone_and_python_names(served: tuple[Emulator, str]) -> None:
+    """`call --list` needs no operation; `insee.unites_legales` names the v4 operation."""
+    _, url = served
+    listed = cli("call", "--list", environ=env(API_ENTREPRISE_TOKEN=""))
+    assert 0 == listed.returncode, listed.stderr
+    rows = dict(line.split("\t") for line in listed.stdout.splitlines() if "\t" in line)
+    assert "insee.unites_legales" == rows[UL]
+    done = cli("call", "insee.unites_legales", KNOWN[0], environ=env(url))
+    assert 0 == done.returncode, done.stderr
+    assert KNOWN[0] == json.loads(done.stdout)["data"]["siren"]
+    nothing = cli("call", environ=env(url))
+    assert 2 == nothing.returncode
+    assert 1 == len(nothing.stderr.splitlines())
+
+
+def test_bad_options_are_one_line_in_every_subcommand(tmp_path: pathlib.Path) -> None:
+    """argparse's usage block is replaced by one line; bad values are exit 2 or 3."""
+    for args, code in [
+        (["batch", UL, "--input"], 2),
+        (["batch", UL, "--input", "x", "--output", "y", "--concurrency", "many"], 2),
+        (["call", UL, "--nope"], 2),
+        (["privileges", "--recipient", "x"], 2),
+        (["emulator", "--period", "-1"], 3),
+        (["demo", "--calls", "0"], 3),
+        (["nothing"], 2),
+    ]:
+        done = cli(*args, environ=env("http://127.0.0.1:9"))
+        assert code == done.returncode, (args, done.stderr)
+        assert 1 == len(done.stderr.splitlines()), (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    bad = tmp_path / "in.txt"
+    bad.write_bytes(b"\xff\xfe\x00 not text")
+    done = cli("batch", UL, "--input", str(bad), "--output", str(tmp_path / "o"), environ=env())
+    assert 3 == done.returncode
+    assert f"apientreprise: {bad}: not UTF-8 text\n" == done.stderr
+
+
+def test_progress_lines_off_a_terminal_and_whole_privileges_when_piped(
+    served: tuple[Emulator, str], tmp_path: pathlib.Path
+) -> None:
+    """Piped (cron): progress lines every N %; privileges one whole id a line."""
+    _, url = served
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join([KNOWN[0], KNOWN[1], "418166096", "12345678X"]) + "\n", "utf-8")
+    out = tmp_path / "out.jsonl"
+    done = cli(
+        "batch", UL, "--input", str(source), "--output", str(out), "--progress-every", "50%",
+        environ=env(url),
+    )  # fmt: skip
+    progress = [line for line in done.stdout.splitlines() if line.startswith("batch: ")]
+    assert 2 == len(progress), done.stdout
+    assert progress[-1].startswith("batch: 4/4 (100%) done")
+    assert "invalid 1, errors 0" in progress[-1]
+    listed = cli("privileges", environ=env(url, COLUMNS="20"))
+    assert 0 == listed.returncode
+    assert "…" not in listed.stdout
+    assert UL in listed.stdout.splitlines()

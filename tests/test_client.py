@@ -245,6 +245,25 @@ def test_configuration_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
         AsyncClient(token=TOKEN, environment="moon")
 
 
+async def test_traceability_from_the_environment_like_the_cli(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """API_ENTREPRISE_RECIPIENT/_CONTEXT/_OBJECT are the defaults; arguments still win."""
+    monkeypatch.setenv("API_ENTREPRISE_RECIPIENT", RECIPIENT)
+    monkeypatch.setenv("API_ENTREPRISE_CONTEXT", "from-env")
+    monkeypatch.setenv("API_ENTREPRISE_OBJECT", "env-object")
+    rec = Recorder(lambda r: ok({"siren": SIREN}))
+    async with AsyncClient(TOKEN, transport=rec.transport()) as client:
+        await client.get(UL_PATH)
+    async with AsyncClient(TOKEN, transport=rec.transport(), object="mine") as client:
+        await client.get(UL_PATH)
+    first, second = (dict(r.url.params) for r in rec.requests)
+    assert {"recipient": RECIPIENT, "context": "from-env", "object": "env-object"} == first
+    assert "mine" == second["object"]
+    monkeypatch.setenv("API_ENTREPRISE_RECIPIENT", "")  # empty is unset, as in the CLI
+    assert AsyncClient(TOKEN).settings.recipient is None
+
+
 def test_tls_verification_cannot_be_disabled() -> None:
     """verify=False is refused; a CA bundle path would be accepted."""
     with pytest.raises(ValueError, match="TLS"):
