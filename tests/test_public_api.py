@@ -12,6 +12,7 @@ MODULES = [
     "apientreprise_async.audit",
     "apientreprise_async.backends",
     "apientreprise_async.records",
+    "apientreprise_async.host",
     "apientreprise_async.redis",
     "apientreprise_async.testing",
 ]
