@@ -375,6 +375,7 @@ class HostBackend:
         self._store.views.add(self)
         self._seqs: dict[int, tuple[_Grant, tuple[int, ...]]] = {}
         self._paused: dict[str, tuple[float, float, float]] = {}
+        self._last_offset = _INF
 
     def __repr__(self) -> str:
         return f"<HostBackend {str(self.directory)!r} owner={self._store.owner.name}>"
@@ -382,8 +383,24 @@ class HostBackend:
     # -- rows ---------------------------------------------------------------------------
 
     def _offset(self) -> float:
-        """The store's time minus the caller's anyio time, now."""
-        return self._clock() - _current_time()
+        """The store's time minus the caller's anyio time.
+
+        Real clocks keep a constant offset, so a value within a millisecond of
+        the last one is taken as the same (conversions then round-trip
+        exactly); a read preempted between the two clocks is read again.
+        """
+        clock = self._clock
+        for _ in range(3):
+            before = clock()
+            now = _current_time()
+            after = clock()
+            if after - before < 1e-4:
+                break
+        offset = (before + after) / 2 - now
+        if abs(offset - self._last_offset) < 1e-3:
+            return self._last_offset
+        self._last_offset = offset
+        return offset
 
     def _load(
         self, db: sqlite3.Connection, requests: Sequence[_SlotRequest], now: float
