@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from apientreprise_async import AsyncClient, all_endpoints, get_endpoint, records
-from apientreprise_async._gen_resources import Resources
+from apientreprise_async._gen_resources import RENAMED, Resources
 from apientreprise_async._resource import ResourceGroup
 
 from .conftest import ROOT, TOKEN, shared_or_skip
@@ -48,7 +48,7 @@ def test_one_group_per_provider_and_one_method_per_logical_endpoint() -> None:
         (p, name)
         for p in providers
         for name, _ in inspect.getmembers(type(getattr(client, p)), inspect.iscoroutinefunction)
-        if not name.startswith("_")
+        if not name.startswith("_") and (p, name) not in RENAMED
     }
     versioned = {(e.provider, e.path.split("/", 2)[2]) for e in all_endpoints() if e.version}
     assert len(versioned) == len(methods)
@@ -61,9 +61,15 @@ def test_one_group_per_provider_and_one_method_per_logical_endpoint() -> None:
         ("insee", "unites_legales", ["siren"]),
         ("insee", "unites_legales_diffusibles", ["siren"]),
         ("insee", "etablissements_adresse", ["siret"]),
-        ("insee", "etablissements_diffusibles_adresse", ["siret"]),
+        ("insee", "diffusibles_adresse", ["siret"]),
+        ("insee", "diffusibles_siege_social", ["siren"]),
+        ("insee", "unites_legales_siege_social", ["siren"]),
         ("urssaf", "attestation_vigilance", ["siren"]),
         ("dgfip", "liasses_fiscales", ["siren", "year"]),
+        # The OpenAPI file's order, as the reference client takes them.
+        ("gip_mds", "annee", ["siret", "year", "month"]),
+        ("djepva", "open_data", ["siren_or_rna"]),
+        # Deprecated aliases keep their old signature.
         ("gip_mds", "effectifs_mensuels", ["siret", "month", "year"]),
         ("djepva", "associations_open_data", ["siren_or_rna"]),
     ],
@@ -80,11 +86,22 @@ def test_method_names_follow_the_dinum_rule(
         assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY
 
 
-def test_version_keyword_only_where_several_versions_exist() -> None:
-    """version= defaults to the newest version, and exists only on multi-version endpoints."""
+def test_version_keyword_defaults_to_the_newest_version() -> None:
+    """version= defaults to the newest version; a single-version method takes its only one."""
     client = _client()
     assert 4 == inspect.signature(client.insee.unites_legales).parameters["version"].default
-    assert "version" not in inspect.signature(client.insee.successions).parameters
+    only = inspect.signature(client.insee.successions).parameters["version"]
+    assert (3, inspect.Parameter.KEYWORD_ONLY) == (only.default, only.kind)
+
+
+def test_renamed_methods_keep_their_old_names_as_deprecated_aliases() -> None:
+    """Each old name maps to a method that exists; the old one is still there."""
+    client = _client()
+    for (provider, old), new in RENAMED.items():
+        group = getattr(client, provider)
+        assert inspect.iscoroutinefunction(getattr(group, new))
+        assert inspect.iscoroutinefunction(getattr(group, old))
+        assert "deprecated" in (getattr(group, old).__doc__ or "")
 
 
 def test_records_are_frozen_and_slotted() -> None:

@@ -662,6 +662,78 @@ def test_s9_1_resources_are_grouped_by_provider() -> None:
     assert providers == set(Resources.__annotations__)
 
 
+def _literal_names() -> dict[tuple[str, str], str]:
+    """§9.1's rule applied by hand: last non-templated segment, collisions take the one before."""
+    paths: dict[str, dict[str, list[str]]] = {}
+    for e in apientreprise_async.all_endpoints():
+        if e.version >= 3:
+            segments = e.path.strip("/").split("/")[2:]
+            words = [s.replace("-", "_") for s in segments if not s.startswith("{")]
+            paths.setdefault(e.provider, {})["/".join(segments)] = words
+    names: dict[tuple[str, str], str] = {}
+    for provider, logical in paths.items():
+        start = {path: len(words) - 1 for path, words in logical.items()}
+        while True:
+            named = {path: "_".join(logical[path][start[path] :]) for path in logical}
+            taken = list(named.values())
+            clashing = [p for p in logical if taken.count(named[p]) > 1 and start[p] > 0]
+            if not clashing:
+                break
+            for path in clashing:
+                start[path] -= 1
+        names.update({(provider, path): name for path, name in named.items()})
+    return names
+
+
+def test_s9_1_method_names_follow_the_naming_rule_literally() -> None:
+    from apientreprise_async._gen_resources import RENAMED
+
+    c = AsyncClient(token=TOKEN)
+    expected = _literal_names()
+    for (provider, _), name in expected.items():
+        assert callable(getattr(getattr(c, provider), name, None)), f"{provider}.{name}"
+    assert (
+        "annee"
+        == expected[("gip_mds", "etablissements/{siret}/effectifs_mensuels/{month}/annee/{year}")]
+    )
+    assert {("insee", "diffusibles_adresse"), ("insee", "etablissements_adresse")} <= {
+        (p, n) for (p, _), n in expected.items()
+    }
+    # The methods are exactly the rule's names, plus the old names kept as deprecated aliases.
+    public = {
+        (provider, name)
+        for provider in {p for p, _ in expected}
+        for name in dir(getattr(c, provider))
+        if not name.startswith("_")
+    }
+    assert public == {(p, n) for (p, _), n in expected.items()} | set(RENAMED)
+
+
+async def test_s9_1_gip_mds_takes_year_then_month() -> None:
+    wire = Wire(lambda r: failure(404, {"code": "04040"}))
+    async with client(wire) as c:
+        for call in (
+            c.gip_mds.annee(SIRET, 2024, 2),
+            c.gip_mds.annee(SIRET, month=2, year=2024),
+        ):
+            with pytest.raises(NotFoundError):
+                await call
+    path = f"/v3/gip_mds/etablissements/{SIRET}/effectifs_mensuels/02/annee/2024"
+    assert [path, path] == [r.url.path for r in wire.requests]
+
+
+async def test_s9_1_a_single_version_method_accepts_its_only_version() -> None:
+    wire = Wire(lambda r: failure(404, {"code": "04040"}))
+    async with client(wire) as c:
+        with pytest.raises(NotFoundError):
+            await c.insee.successions(SIRET, version=3)
+        with pytest.raises(ValueError, match="version 4"):
+            await c.insee.successions(SIRET, version=4)  # type: ignore[arg-type]
+    assert [f"/v3/insee/sirene/etablissements/{SIRET}/successions"] == [
+        r.url.path for r in wire.requests
+    ]
+
+
 async def test_s9_1_path_parameters_positional_query_parameters_keywords() -> None:
     wire = Wire(lambda r: failure(404, {"code": "04040"}))
     async with client(wire) as c:
@@ -862,6 +934,31 @@ async def test_s14_responses_are_never_cached() -> None:
 def test_s15_changelog_and_semver() -> None:
     assert "## [Unreleased]" in (ROOT / "CHANGELOG.md").read_text("utf-8")
     assert re.fullmatch(r"\d+\.\d+\.\d+", apientreprise_async._version.version())
+
+
+async def test_s15_renamed_methods_warn_before_removal() -> None:
+    from apientreprise_async._gen_resources import RENAMED
+
+    old_args: dict[str, list[Any]] = {
+        "associations_open_data": [SIREN],
+        "effectifs_mensuels": [SIRET, 2, 2024],  # the old order: month, year
+        "etablissements_diffusibles_adresse": [SIRET],
+        "unites_legales_diffusibles_siege_social": [SIREN],
+    }
+    assert set(old_args) == {old for _, old in RENAMED}
+    wire = Wire(lambda r: failure(404, {"code": "04040"}))
+    async with client(wire) as c:
+        for (provider, old), new in RENAMED.items():
+            args = old_args[old]
+            group = getattr(c, provider)
+            warns = pytest.warns(DeprecationWarning, match=f"{provider}.{new}")
+            with warns, pytest.raises(NotFoundError):
+                await getattr(group, old)(*args)
+            new_args = [SIRET, 2024, 2] if new == "annee" else args
+            with pytest.raises(NotFoundError):  # no warning: warnings are errors in this suite
+                await getattr(group, new)(*new_args)
+    paths = [r.url.path for r in wire.requests]
+    assert paths[::2] == paths[1::2]
 
 
 def test_s15_runtime_dependencies_stay_minimal() -> None:

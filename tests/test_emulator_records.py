@@ -156,7 +156,7 @@ async def test_association_through_the_typed_resource(
         check_maintenance=False,
     ) as client:
         full = await client.djepva.associations(siren_or_rna=association.rna)
-        public = await client.djepva.associations_open_data(siren_or_rna=association.siren)
+        public = await client.djepva.open_data(siren_or_rna=association.siren)
         assert isinstance(full.data, djepva.Association)
         assert isinstance(public.data, djepva.AssociationOpenData)
         for data in (full.data, public.data):

@@ -94,6 +94,9 @@ def _entries(spec: dict[str, Any], throttle: dict[str, Any]) -> list[dict[str, A
         path_params = [
             (p["name"], KINDS.get(p["name"], "TEXT")) for p in params if p["in"] == "path"
         ]
+        # The reference client takes path parameters in the OpenAPI file's order
+        # (gip_mds: siret, year, month); the catalogue keeps them in path order.
+        declared = [name for name, _ in path_params]
         path_params.sort(key=lambda p: path.index("{" + p[0] + "}"))
         query = []
         for p in params:
@@ -117,6 +120,7 @@ def _entries(spec: dict[str, Any], throttle: dict[str, Any]) -> list[dict[str, A
                 "provider": provider,
                 "version": version,
                 "path_params": path_params,
+                "declared": declared,
                 "query_params": query,
                 "rate_group": group,
                 "per_endpoint": per_endpoint,
@@ -201,10 +205,14 @@ def render(entries: list[dict[str, Any]], records: dict[str, str] | None = None)
 RECORDS_DIR = ROOT / "apientreprise_async" / "records"
 RESOURCES_TARGET = ROOT / "apientreprise_async" / "_gen_resources.py"
 
-#: Segments that only label the parameter after them (``.../{month}/annee/{year}``).
-LABELS = {"annee"}
-#: Segments that qualify the one before them and never name a method alone.
-QUALIFIERS = {"diffusibles", "open_data"}
+#: Methods renamed to follow the DINUM spec's naming rule literally: old name -> new name.
+#: The old names stay as deprecated aliases (same signature) for one minor version.
+RENAMED: dict[tuple[str, str], str] = {
+    ("djepva", "associations_open_data"): "open_data",
+    ("gip_mds", "effectifs_mensuels"): "annee",
+    ("insee", "etablissements_diffusibles_adresse"): "diffusibles_adresse",
+    ("insee", "unites_legales_diffusibles_siege_social"): "diffusibles_siege_social",
+}
 RESERVED_FIELDS = {"extra", "_absent"}
 
 #: The server's ``/privileges`` answer has no schema in the OpenAPI file.
@@ -300,7 +308,7 @@ METHODS: dict[tuple[str, str], tuple[str, str]] = {
         "Association",
         "An association, with its establishments and documents.",
     ),
-    ("djepva", "associations_open_data"): (
+    ("djepva", "open_data"): (
         "AssociationOpenData",
         "The public data of an association.",
     ),
@@ -321,7 +329,7 @@ METHODS: dict[tuple[str, str], tuple[str, str]] = {
         "Link to the public-works professional card of a legal unit.",
     ),
     ("gip_mds", "effectifs_annuels"): ("EffectifsAnnuels", "Yearly headcount of a legal unit."),
-    ("gip_mds", "effectifs_mensuels"): (
+    ("gip_mds", "annee"): (
         "EffectifsMensuels",
         "Monthly headcount of an establishment.",
     ),
@@ -348,14 +356,14 @@ METHODS: dict[tuple[str, str], tuple[str, str]] = {
         "Etablissement",
         "An establishment, public data only (non-diffusible ones are refused).",
     ),
-    ("insee", "etablissements_diffusibles_adresse"): (
+    ("insee", "diffusibles_adresse"): (
         "AdresseEtablissement",
         "The address of an establishment, public data only.",
     ),
     ("insee", "successions"): ("Successions", "Predecessors and successors of an establishment."),
     ("insee", "unites_legales"): ("UniteLegale", "A legal unit of the Sirene directory."),
     ("insee", "unites_legales_diffusibles"): ("UniteLegale", "A legal unit, public data only."),
-    ("insee", "unites_legales_diffusibles_siege_social"): (
+    ("insee", "diffusibles_siege_social"): (
         "Etablissement",
         "The head office of a legal unit, public data only.",
     ),
@@ -424,9 +432,7 @@ def _singular(name: str) -> str:
 
 def _literals(path: str) -> list[str]:
     segments = path.strip("/").split("/")[2:]
-    return [
-        s.replace("-", "_").lower() for s in segments if not s.startswith("{") and s not in LABELS
-    ]
+    return [s.replace("-", "_").lower() for s in segments if not s.startswith("{")]
 
 
 def _unversioned(path: str) -> str:
@@ -435,7 +441,11 @@ def _unversioned(path: str) -> str:
 
 
 def _method_names(entries: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
-    """Name each logical endpoint per the DINUM spec §9.1, keyed by (provider, unversioned path)."""
+    """Name each logical endpoint per the DINUM spec §9.1, keyed by (provider, unversioned path).
+
+    The last non-templated segment names the method; names that collide within a
+    provider take the segment before theirs, until none collides.
+    """
     items: dict[str, list[list[Any]]] = {}
     for e in entries:
         if not e["version"]:
@@ -445,10 +455,7 @@ def _method_names(entries: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
         if any(item[0] == key for item in group):
             continue
         literals = _literals(e["path"])
-        start = len(literals) - 1
-        while start > 0 and literals[start] in QUALIFIERS:
-            start -= 1
-        group.append([key, literals, start])
+        group.append([key, literals, len(literals) - 1])
     names: dict[tuple[str, str], str] = {}
     for group in items.values():
         while True:
@@ -461,8 +468,6 @@ def _method_names(entries: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
                 break
             for item in clashing:
                 item[2] -= 1
-                while item[2] > 0 and item[1][item[2]] in QUALIFIERS:
-                    item[2] -= 1
         for key, literals, start in group:
             names[key] = "_".join(literals[start:])
     return names
@@ -682,22 +687,28 @@ def _render_method(
     versions: dict[int, dict[str, Any]],
     records: dict[str, str],
     query_types: dict[str, str],
+    *,
+    alias: str | None = None,
 ) -> list[str]:
+    """One typed method; with ``alias``, the deprecated old name of ``method`` instead."""
+    name = alias or method
     newest = max(versions)
     default = versions[newest]
     _, summary = METHODS[(provider, method)]
+    kinds = dict(default["path_params"])
+    # An alias keeps the order it always had (path order); the method the declared one.
+    order = list(kinds) if alias else default["declared"]
     params = [
-        f"        {n}: {'int | str' if k in ('YEAR', 'MONTH') else 'str'},"
-        for n, k in default["path_params"]
+        f"        {n}: {'int | str' if kinds[n] in ('YEAR', 'MONTH') else 'str'}," for n in order
     ]
     query = [
-        (name, name.removesuffix("[]").replace("-", "_"), query_types.get(name, "str"))
-        for name, _, _ in default["query_params"]
+        (qname, qname.removesuffix("[]").replace("-", "_"), query_types.get(qname, "str"))
+        for qname, _, _ in default["query_params"]
     ]
     keywords = [f"        {py}: {annotation} | None = None," for _, py, annotation in query]
     keywords += COMMON_KW
-    path_values = "{" + ", ".join(f'"{n}": {n}' for n, _ in default["path_params"]) + "}"
-    query_values = "{" + ", ".join(f'"{name}": {py}' for name, py, _ in query) + "}"
+    path_values = "{" + ", ".join(f'"{n}": {n}' for n in order) + "}"
+    query_values = "{" + ", ".join(f'"{qname}": {py}' for qname, py, _ in query) + "}"
     by_record: dict[str, list[int]] = {}
     for v in sorted(versions, reverse=True):
         by_record.setdefault(records[versions[v]["operation_id"]], []).append(v)
@@ -705,47 +716,50 @@ def _render_method(
     if len(versions) > 1 and len(by_record) > 1:
         for record, group in by_record.items():
             literal = "Literal[" + ", ".join(str(v) for v in group) + "]"
-            out += ["    @overload", f"    async def {method}(", "        self,"]
+            out += ["    @overload", f"    async def {name}(", "        self,"]
             out += [*params, "        *,"]
             out += keywords
             out.append(f"        version: {literal}{' = ...' if newest in group else ''},")
             out.append(f"    ) -> Response[{record}]: ...")
             out.append("")
     returns = " | ".join(f"Response[{r}]" for r in by_record)
-    out += [f"    async def {method}(", "        self,", *params, "        *,", *keywords]
-    if len(versions) > 1:
-        literal = "Literal[" + ", ".join(str(v) for v in sorted(versions)) + "]"
-        annotation = "int" if len(by_record) > 1 else literal
-        out.append(f"        version: {annotation} = {newest},")
+    out += [f"    async def {name}(", "        self,", *params, "        *,", *keywords]
+    literal = "Literal[" + ", ".join(str(v) for v in sorted(versions)) + "]"
+    annotation = "int" if len(by_record) > 1 else literal
+    out.append(f"        version: {annotation} = {newest},")
     out.append(f"    ) -> {returns}:")
     doc = [f'        """{summary}', ""]
     indent = " " * 12
-    args = [
-        f"{indent}{n}: {PARAM_DOCS.get(n, 'the ' + n + '.')}" for n, _ in default["path_params"]
+    args = [f"{indent}{n}: {PARAM_DOCS.get(n, 'the ' + n + '.')}" for n in order]
+    args += [f"{indent}{py}: the ``{qname}`` query parameter (optional)." for qname, py, _ in query]
+    labels = [
+        str(v)
+        + (" (default)" if v == newest and len(versions) > 1 else "")
+        + (" (deprecated)" if versions[v]["deprecated"] else "")
+        for v in sorted(versions, reverse=True)
     ]
-    args += [f"{indent}{py}: the ``{name}`` query parameter (optional)." for name, py, _ in query]
-    if len(versions) > 1:
-        labels = [
-            str(v)
-            + (" (default)" if v == newest else "")
-            + (" (deprecated)" if versions[v]["deprecated"] else "")
-            for v in sorted(versions, reverse=True)
-        ]
-        choices = " or ".join(labels)
-        args.append(f"            version: the API version to call: {choices}.")
-    if args:
-        doc += ["        Args:", *args, ""]
+    only = " (the only one)" if len(versions) == 1 else ""
+    args.append(f"            version: the API version to call: {' or '.join(labels)}{only}.")
+    doc += ["        Args:", *args, ""]
     doc.append("        Traceability and call options: see :class:`ResourceGroup`.")
     if default["deprecated"]:
         doc += ["", "        .. deprecated:: the API marks this operation as deprecated."]
+    if alias:
+        doc += [
+            "",
+            f"        .. deprecated:: 0.2.0 renamed :meth:`{method}` (the DINUM naming rule);",
+            "           this name goes away in a later minor version.",
+        ]
     doc.append('        """')
     out += doc
-    if len(versions) > 1:
-        pairs = (f'{v}: "{versions[v]["operation_id"]}"' for v in sorted(versions))
-        table = "{" + ", ".join(pairs) + "}"
-        out.append(f'        endpoint = self._pick("{method}", {table}, version)')
-    else:
-        out.append(f'        endpoint = get_endpoint("{default["operation_id"]}")')
+    if alias:
+        out.append(
+            f'        warnings.warn("{provider}.{alias} is deprecated; use {provider}.{method}", '
+            "DeprecationWarning, stacklevel=2)"
+        )
+    pairs = (f'{v}: "{versions[v]["operation_id"]}"' for v in sorted(versions))
+    table = "{" + ", ".join(pairs) + "}"
+    out.append(f'        endpoint = self._pick("{name}", {table}, version)')
     call = f"endpoint, {path_values}, {query_values}, {CALL_KW}"
     out.append(f"        return await self._client._request({call})")
     out.append("")
@@ -770,9 +784,13 @@ def render_resources(
     for provider in providers:
         body += ["", f"class {classes[provider]}(ResourceGroup):"]
         body += [f'    """{PROVIDERS[provider]}"""', ""]
-        for method, versions in sorted(groups[provider].items()):
+        methods = {m: (m, None) for m in groups[provider]}
+        methods.update({old: (new, old) for (p, old), new in RENAMED.items() if p == provider})
+        for _, (method, alias) in sorted(methods.items()):
+            versions = groups[provider][method]
             newest = versions[max(versions)]["operation_id"]
-            body += _render_method(provider, method, versions, records, query_types.get(newest, {}))
+            types = query_types.get(newest, {})
+            body += _render_method(provider, method, versions, records, types, alias=alias)
     body += [
         "",
         "class Resources:",
@@ -795,10 +813,11 @@ def render_resources(
         "",
         "from __future__ import annotations",
         "",
+        "import warnings",
         *(["from collections.abc import Sequence"] if "Sequence[" in text else []),
         "from typing import TYPE_CHECKING, Literal, cast, overload",
         "",
-        "from ._catalogue import get_endpoint",
+        *(["from ._catalogue import get_endpoint"] if "get_endpoint(" in text else []),
         "from ._config import USE_DEFAULT, UseDefault",
         "from ._resource import ResourceGroup",
         "from ._response import Response",
@@ -808,6 +827,11 @@ def render_resources(
         "    from ._client import AsyncClient",
         "",
         "__all__ = [" + ", ".join(repr(n) for n in sorted(["Resources", *classes.values()])) + "]",
+        "",
+        "#: Deprecated method names and the methods that replaced them, per provider.",
+        "RENAMED = {"
+        + ", ".join(f"({p!r}, {o!r}): {n!r}" for (p, o), n in sorted(RENAMED.items()))
+        + "}",
         "",
     ]
     return "\n".join(head) + text

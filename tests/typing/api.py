@@ -6,7 +6,7 @@ import datetime as dt
 import pathlib
 
 from apientreprise_async import AsyncClient, Response, UnexpectedPayloadError, records
-from apientreprise_async.records import dgfip, infogreffe, insee, urssaf
+from apientreprise_async.records import dgfip, gip_mds, infogreffe, insee, urssaf
 
 
 async def typed_usage() -> None:
@@ -43,9 +43,10 @@ async def typed_usage() -> None:
             person: infogreffe.MandataireSocial = item.data
             fonction: str | None = person.fonction
 
-        headcount = await client.gip_mds.effectifs_mensuels(
-            "41816609600051", 3, 2023, nature_effectif="boeth"
-        )
+        headcount = await client.gip_mds.annee("41816609600051", 2023, 3, nature_effectif="boeth")
+        by_name = await client.gip_mds.annee("41816609600051", month=3, year=2023)
+        old_name = await client.gip_mds.effectifs_mensuels("41816609600051", 3, 2023)
+        monthly: tuple[gip_mds.EffectifsMensuels, ...] = (by_name.data, old_name.data)
         privileges = await client.privileges()
         scopes: tuple[str, ...] = privileges.data.privileges
         extra: object = unite.data.extra.get("nouveau_champ")
@@ -62,4 +63,4 @@ async def typed_usage() -> None:
             problems: tuple[str, ...] = exc.problems
 
     del name, naf, upper, siren, cached, old_siren, city, head_office, valid_until
-    del status_code, attestation, forms, fonction, scopes, extra, base, saved, problems
+    del status_code, attestation, forms, fonction, scopes, extra, base, saved, problems, monthly
