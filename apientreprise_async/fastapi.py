@@ -15,7 +15,9 @@ back end short to write::
   from ``API_ENTREPRISE_*`` variables) and closes it at shutdown;
   :func:`get_client` (or the ``ApiEntrepriseClient`` annotation) hands it to routes.
 - :func:`install_exception_handlers` turns library errors into HTTP answers
-  that never carry the token nor, unless asked, the upstream error body.
+  that never carry the token nor, unless asked, the upstream error body; every
+  error of the app then has one shape, ``{"detail": {"error": <slug>,
+  "message": <text>, ...}}``, FastAPI's own errors included.
 - :func:`make_proxy_router` exposes chosen operations to a front end; the
   traceability parameters come from a server-side dependency, never from the browser.
 
@@ -25,18 +27,25 @@ back end short to write::
 from __future__ import annotations
 
 import collections
+import datetime as dt
+import http
 import inspect
 import logging
 import math
 import os
 import re
+import types
+import typing
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
 try:
     from fastapi import APIRouter, Depends, FastAPI, Request
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.middleware.cors import CORSMiddleware
     from starlette.responses import Response
     from starlette.types import ASGIApp
@@ -61,6 +70,7 @@ from ._errors import (
     ConflictError,
     InvalidParameterError,
     MaintenanceWindowError,
+    MissingParameterError,
     NotFoundError,
     ProviderUnavailableError,
     RateLimitError,
@@ -70,6 +80,7 @@ from ._errors import (
     UnavailableForLegalReasonsError,
     ValidationError,
 )
+from ._identifiers import validate_traceability
 
 __all__ = [
     "STATE_KEY",
@@ -164,7 +175,10 @@ def make_lifespan(
     environment then) updated with ``client_kwargs`` (``transport=``,
     ``governor=``...), and closed at shutdown. It is put in the lifespan state
     and in ``app.state`` under :data:`STATE_KEY`. Startup fails when a
-    wildcard CORS middleware is installed on the app.
+    wildcard CORS middleware is installed on the app, and when a setting is
+    missing or invalid (token, environment, base URL, the ``recipient`` and
+    ``context`` every proxied call needs): a misconfigured app stops at once
+    rather than answering 500 to every request.
 
     To combine with your own lifespan::
 
@@ -177,8 +191,7 @@ def make_lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[Mapping[str, Any]]:
         _refuse_wildcard_cors(app)
-        resolved = settings if settings is not None else ApiEntrepriseSettings.from_env()
-        client = AsyncClient(**(resolved.client_kwargs() | client_kwargs))
+        client = await _startup_client(settings, client_kwargs)
         async with client:
             setattr(app.state, STATE_KEY, client)
             try:
@@ -187,6 +200,34 @@ def make_lifespan(
                 setattr(app.state, STATE_KEY, None)
 
     return lifespan
+
+
+async def _startup_client(
+    settings: ApiEntrepriseSettings | None, client_kwargs: Mapping[str, Any]
+) -> AsyncClient:
+    """The app's client, or a :class:`RuntimeError` naming the setting to fix."""
+    try:
+        resolved = settings if settings is not None else ApiEntrepriseSettings.from_env()
+        client = AsyncClient(**(resolved.client_kwargs() | dict(client_kwargs)))
+    except InvalidParameterError as exc:
+        raise RuntimeError(f"API Entreprise settings: {_setting_fix(exc)}") from None
+    except ValueError as exc:
+        raise RuntimeError(f"API Entreprise settings: {exc}") from None
+    try:
+        # The object is per call (the tracing dependency); the rest must be right now.
+        validate_traceability(client.settings.recipient, client.settings.context, "startup")
+    except InvalidParameterError as exc:
+        await client.aclose()
+        raise RuntimeError(f"API Entreprise settings: {_setting_fix(exc)}") from None
+    return client
+
+
+def _setting_fix(exc: InvalidParameterError) -> str:
+    name = exc.parameter
+    what = f"{name} is missing" if isinstance(exc, MissingParameterError) else str(exc)
+    if name == "token":
+        what = "no token"
+    return f"{what}: set API_ENTREPRISE_{name.upper()} (or ApiEntrepriseSettings({name}=...))"
 
 
 def get_client(request: Request) -> AsyncClient:
@@ -252,12 +293,14 @@ class _Answer:
     retry_after: str | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 
-    def response(self) -> JSONResponse:
-        headers = dict(_SAFE_HEADERS)
+    def response(self, headers: Mapping[str, str] | None = None) -> JSONResponse:
+        out = dict(_SAFE_HEADERS)
+        if headers:
+            out.update(headers)
         if self.retry_after is not None:
-            headers["Retry-After"] = self.retry_after
-        body = {"error": self.error, "detail": self.detail, **self.extra}
-        return JSONResponse(body, self.status, headers)
+            out["Retry-After"] = self.retry_after
+        body = {"detail": {"error": self.error, "message": self.detail, **self.extra}}
+        return JSONResponse(body, self.status, out)
 
 
 def _server_fault(exc: ApiEntrepriseError, what: str) -> None:
@@ -270,10 +313,12 @@ def error_response(
 ) -> JSONResponse:
     """The HTTP answer for a library error, safe to send to a browser.
 
-    The body is ``{"error": <slug>, "detail": <fixed text>}``; identifier
-    errors add ``parameter``. With ``expose_upstream_errors`` an answer from
-    API Entreprise adds ``upstream`` (its status, ``errors`` list and request
-    id). The token is never part of it: the library never puts it in errors.
+    The body follows FastAPI's convention, ``{"detail": {...}}``, with inside
+    ``error`` (a fixed slug), ``message`` (a fixed text), ``codes`` (API
+    Entreprise's error codes, when it answered) and, for identifier errors,
+    ``parameter``. With ``expose_upstream_errors`` an answer from API
+    Entreprise adds ``upstream`` (its status, ``errors`` list and request id).
+    The token is never part of it: the library never puts it in errors.
 
     ======================================  ======================================
     Library error                           Answer
@@ -295,6 +340,9 @@ def error_response(
     ======================================  ======================================
     """
     answer = _classify(exc)
+    if isinstance(exc, ApiError) and exc.errors:
+        codes = [str(e["code"]) for e in exc.errors if isinstance(e, dict) and e.get("code")]
+        answer = attrs.evolve(answer, extra={**answer.extra, "codes": codes})
     if expose_upstream_errors and isinstance(exc, ApiError) and exc.http_status is not None:
         upstream = {"status": exc.http_status, "errors": exc.errors, "request_id": exc.request_id}
         answer = attrs.evolve(answer, extra={**answer.extra, "upstream": upstream})
@@ -353,14 +401,62 @@ _MISCONFIGURED = _Answer(500, "server_misconfigured", "The server is misconfigur
 _REFUSED = _Answer(502, "upstream_refused", "API Entreprise refused this server's access.")
 
 
-def install_exception_handlers(app: FastAPI, *, expose_upstream_errors: bool = False) -> None:
-    """Answer every :class:`ApiEntrepriseError` raised in a route with :func:`error_response`."""
+def install_exception_handlers(
+    app: FastAPI, *, expose_upstream_errors: bool = False, http_errors: bool = True
+) -> None:
+    """Answer every :class:`ApiEntrepriseError` raised in a route with :func:`error_response`.
+
+    With ``http_errors`` (the default), FastAPI's own errors get the same
+    shape, so a front end reads one kind of body: an ``HTTPException`` (your
+    authentication's 401, an unknown route's 404) answers
+    ``{"detail": {"error": <slug of the status>, "message": <its detail>}}``
+    with its headers, and a request validation error answers 422 with
+    ``error`` ``invalid_parameter`` and FastAPI's list under ``errors``.
+    """
 
     async def handler(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiEntrepriseError)
         return error_response(exc, expose_upstream_errors=expose_upstream_errors)
 
     app.add_exception_handler(ApiEntrepriseError, handler)
+    if http_errors:
+        app.add_exception_handler(StarletteHTTPException, _http_exception)
+        app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+def _slug(status: int) -> str:
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        return f"http_{status}"
+    return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    detail: Any = exc.detail  # FastAPI allows any JSON value here
+    if isinstance(detail, Mapping) and "error" in detail:
+        inner = dict(detail)  # already in this shape (raised by hand)
+        answer = _Answer(exc.status_code, str(inner.pop("error")), str(inner.pop("message", "")))
+        answer = attrs.evolve(answer, extra=inner)
+    elif isinstance(detail, str):
+        answer = _Answer(exc.status_code, _slug(exc.status_code), detail)
+    else:
+        phrase = _slug(exc.status_code).replace("_", " ")
+        extra = {"info": jsonable_encoder(detail)}
+        answer = _Answer(exc.status_code, _slug(exc.status_code), phrase, extra=extra)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return answer.response(exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = jsonable_encoder(exc.errors())
+    first = errors[0] if errors else {}
+    where = ".".join(str(part) for part in first.get("loc", ())) or "request"
+    message = f"{where}: {first.get('msg', 'invalid')}"
+    return _Answer(422, "invalid_parameter", message, extra={"errors": errors}).response()
 
 
 # -- proxy -----------------------------------------------------------------------------
@@ -497,6 +593,136 @@ class ProxyOperation:
         return lambda data: _pick(data, tree)
 
 
+# -- OpenAPI ---------------------------------------------------------------------------
+
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "ApiEntrepriseErrorAnswer",
+    "required": ["detail"],
+    "properties": {
+        "detail": {
+            "type": "object",
+            "required": ["error", "message"],
+            "properties": {
+                "error": {"type": "string", "description": "a fixed slug, e.g. not_found"},
+                "message": {"type": "string"},
+                "codes": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "API Entreprise's error codes, when it answered",
+                },
+                "parameter": {"type": "string", "description": "the identifier refused"},
+                "upstream": {
+                    "type": "object",
+                    "description": "API Entreprise's answer (expose_upstream_errors only)",
+                },
+            },
+        }
+    },
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before trying again",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+_SCALARS: dict[Any, dict[str, Any]] = {
+    str: {"type": "string"},
+    int: {"type": "integer"},
+    float: {"type": "number"},
+    bool: {"type": "boolean"},
+    dt.date: {"type": "string", "format": "date"},
+    dt.datetime: {"type": "string", "format": "date-time"},
+}
+
+
+def _json_schema(tp: Any, seen: frozenset[type] = frozenset()) -> dict[str, Any]:
+    """JSON Schema of a record type, as the proxy sends it (its JSON, not Python objects)."""
+    if tp in _SCALARS:
+        return dict(_SCALARS[tp])
+    if tp is None or tp is type(None):
+        return {"type": "null"}
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [_json_schema(a, seen) for a in args]
+        return options[0] if len(options) == 1 else {"anyOf": options}
+    if origin is typing.Literal:
+        return {"enum": list(args)}
+    if origin in (tuple, list, collections.abc.Sequence):
+        return {"type": "array", "items": _json_schema(args[0], seen) if args else {}}
+    if origin in (dict, collections.abc.Mapping):
+        return {"type": "object"}
+    if isinstance(tp, type) and attrs.has(tp):
+        if tp in seen:  # a record holding itself: stop describing there
+            return {"type": "object", "title": tp.__name__}
+        hints = typing.get_type_hints(tp)
+        properties = {
+            field.name: _json_schema(hints.get(field.name, Any), seen | {tp})
+            for field in attrs.fields(tp)
+            if not field.name.startswith("_") and field.name != "extra"
+        }
+        return {
+            "type": "object",
+            "title": tp.__name__,
+            "properties": properties,
+            "additionalProperties": True,  # a newer API version may add fields
+        }
+    return {}
+
+
+def _prune(schema: dict[str, Any], tree: dict[str, Any] | None) -> dict[str, Any]:
+    """The part of ``schema`` the ``fields`` tree keeps (as :func:`_pick` does to data)."""
+    if tree is None:
+        return schema
+    if "anyOf" in schema:
+        kept = [_prune(s, tree) for s in schema["anyOf"] if s.get("type") != "null"]
+        return kept[0] if len(kept) == 1 else {"anyOf": kept}
+    if schema.get("type") == "array":
+        return {"type": "array", "items": _prune(schema.get("items", {}), tree)}
+    properties = schema.get("properties", {})
+    return {
+        "type": "object",
+        "properties": {name: _prune(properties.get(name, {}), sub) for name, sub in tree.items()},
+    }
+
+
+def _proxy_responses(
+    operation: ProxyOperation, endpoint: Endpoint
+) -> dict[int | str, dict[str, Any]]:
+    """What a proxy route answers, for the OpenAPI schema: the data and every error body."""
+    data = _json_schema(endpoint.record) if endpoint.record is not None else {}
+    if isinstance(operation.fields, tuple):
+        data = _prune(data, _compile_fields(operation.fields))
+    elif callable(operation.fields):
+        data = {}  # whatever the callable makes of the record
+    ok = {"type": "object", "required": ["data"], "properties": {"data": data}}
+    error = {"application/json": {"schema": _ERROR_SCHEMA}}
+
+    def answer(description: str, **more: Any) -> dict[str, Any]:
+        return {"description": description, "content": error, **more}
+
+    return {
+        200: {
+            "description": "the record's data, filtered by the operation's fields",
+            "content": {"application/json": {"schema": ok}},
+        },
+        400: answer("recipient, context or object sent by the browser"),
+        404: answer("no such entity at API Entreprise (error not_found)"),
+        422: answer("a malformed identifier, refused before any call (invalid_parameter)"),
+        429: answer(
+            "too many requests from this user (with a per-user rate limit)", headers=_RETRY_AFTER
+        ),
+        451: answer("the entity's data is not diffusible"),
+        502: answer("API Entreprise refused this server's access, or failed"),
+        503: answer(
+            "rate limited, provider unavailable, maintenance or API Entreprise silent",
+            headers=_RETRY_AFTER,
+        ),
+        504: answer("API Entreprise did not answer in time"),
+    }
+
+
 _PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
 
 
@@ -558,6 +784,7 @@ def make_proxy_router(
             summary=f"API Entreprise {operation.operation_id}",
             response_model=None,
             response_class=JSONResponse,
+            responses=_proxy_responses(operation, endpoint),
         )
     return router
 

@@ -15,10 +15,14 @@ Without ``API_ENTREPRISE_TOKEN`` it answers from the bundled emulator
 ``API_ENTREPRISE_CONTEXT`` too. ``FRONTEND_ORIGIN`` (e.g.
 ``https://instruction.example.gouv.fr``) allows that one origin through CORS.
 
-Then, as agent Alice working on case ``dossier-42``::
+Then open http://127.0.0.1:8000/ for a small page that looks companies up
+through the proxy, or, as agent Alice working on case ``dossier-42``::
 
     curl -H 'Authorization: Bearer demo-alice' \\
         http://127.0.0.1:8000/cases/dossier-42/entreprises/832147656
+
+Every error, whoever raises it, has one shape: ``{"detail": {"error": <slug>,
+"message": <text>, ...}}``; the page shows ``detail.message``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Annotated, Any
 import attrs
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from apientreprise_async.fastapi import (
@@ -150,3 +155,75 @@ async def fiche(
         "raison_sociale": ul.data.personne_morale_attributs.raison_sociale,
         "commune_du_siege": siege.data.adresse.libelle_commune,
     }
+
+
+# A front end in one page: no framework, no build step. It signs in with a demo
+# session, calls the proxy with fetch() and shows either the company or the
+# error's message (one body shape for every error, so one code path).
+PAGE = """<!doctype html>
+<html lang="fr">
+<head>
+<meta charset="utf-8">
+<title>Recherche d'entreprise</title>
+<style>
+  body { font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; }
+  label { display: block; margin: .5rem 0; }
+  #error { color: #b00020; }
+</style>
+</head>
+<body>
+<h1>Recherche d'entreprise</h1>
+<form id="lookup">
+  <label>Agent
+    <select id="session">
+      <option value="demo-alice">Alice</option>
+      <option value="demo-bob">Bob</option>
+    </select>
+  </label>
+  <label>Dossier <input id="case" value="dossier-42" required></label>
+  <label>SIREN <input id="siren" inputmode="numeric" required></label>
+  <button type="submit">Rechercher</button>
+</form>
+<dl id="result" hidden>
+  <dt>Raison sociale</dt><dd id="raison_sociale"></dd>
+  <dt>État administratif</dt><dd id="etat"></dd>
+  <dt>Forme juridique</dt><dd id="forme"></dd>
+</dl>
+<p id="error" role="alert" hidden></p>
+<script>
+const form = document.getElementById("lookup");
+const result = document.getElementById("result");
+const error = document.getElementById("error");
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  result.hidden = true;
+  error.hidden = true;
+  const caseId = encodeURIComponent(document.getElementById("case").value.trim());
+  const siren = encodeURIComponent(document.getElementById("siren").value.trim());
+  const session = document.getElementById("session").value;
+  const answer = await fetch(`/cases/${caseId}/entreprises/${siren}`, {
+    headers: { Authorization: `Bearer ${session}` },
+  });
+  const body = await answer.json();
+  if (!answer.ok) {
+    error.textContent = `${answer.status} ${body.detail.error}: ${body.detail.message}`;
+    error.hidden = false;
+    return;
+  }
+  const data = body.data;
+  document.getElementById("raison_sociale").textContent =
+    data.personne_morale_attributs?.raison_sociale ?? "";
+  document.getElementById("etat").textContent = data.etat_administratif ?? "";
+  document.getElementById("forme").textContent = data.forme_juridique?.libelle ?? "";
+  result.hidden = false;
+});
+</script>
+</body>
+</html>
+"""
+
+
+@app.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page() -> str:
+    """The front end: a form that calls the proxy from the browser."""
+    return PAGE

@@ -237,6 +237,8 @@ async def test_lifespan_shares_one_client_and_closes_it(monkeypatch: pytest.Monk
     """Every request gets the same client, built from the environment and closed at shutdown."""
     monkeypatch.setenv("API_ENTREPRISE_TOKEN", TOKEN)
     monkeypatch.setenv("API_ENTREPRISE_MAX_WAIT", "3")
+    monkeypatch.setenv("API_ENTREPRISE_RECIPIENT", RECIPIENT)
+    monkeypatch.setenv("API_ENTREPRISE_CONTEXT", "tests")
     seen: list[AsyncClient] = []
     app = FastAPI(lifespan=make_lifespan())
 
@@ -291,7 +293,7 @@ async def test_proxy_refuses_wildcard_cors_added_after_startup() -> None:
         h.app.add_middleware(CORSMiddleware, allow_origins=["*"])
         response = await h.get(f"/p/v4/insee/sirene/unites_legales/{SIREN}")
     assert 500 == response.status_code
-    assert "server_misconfigured" == response.json()["error"]
+    assert "server_misconfigured" == response.json()["detail"]["error"]
     assert [] == h.upstream.sent
 
 
@@ -401,11 +403,11 @@ async def test_exception_handlers(
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as browser:
         response = await browser.get("/boom")
     assert status == response.status_code
-    assert slug == response.json()["error"]
+    assert slug == response.json()["detail"]["error"]
     assert retry_after == response.headers.get("retry-after")
     assert "no-store" == response.headers["cache-control"]
     assert "secret" not in response.text
-    assert "upstream" not in response.json()
+    assert "upstream" not in response.json()["detail"]
 
 
 async def test_upstream_errors_exposed_when_configured() -> None:
@@ -422,7 +424,7 @@ async def test_upstream_errors_exposed_when_configured() -> None:
         response = await browser.get("/boom")
     assert 503 == response.status_code
     assert "3" == response.headers["retry-after"]
-    upstream = response.json()["upstream"]
+    upstream = response.json()["detail"]["upstream"]
     assert 504 == upstream["status"]
     assert "req-1" == upstream["request_id"]
     assert "secret detail" == upstream["errors"][0]["detail"]
@@ -434,7 +436,7 @@ async def test_unauthorized_token_is_502_and_logged(caplog: pytest.LogCaptureFix
     async with running([UL], token=OTHER_TOKEN) as h:
         response = await h.get(f"/p/v4/insee/sirene/unites_legales/{SIREN}")
     assert 502 == response.status_code
-    assert "upstream_refused" == response.json()["error"]
+    assert "upstream_refused" == response.json()["detail"]["error"]
     records = [r for r in caplog.records if r.name == "apientreprise_async.fastapi"]
     assert ["ERROR"] == [r.levelname for r in records]
     assert "token was refused (invalid)" in records[0].getMessage()
@@ -480,7 +482,7 @@ async def test_browser_traceability_parameters_are_refused() -> None:
         ):
             response = await h.get(url, params=query)
             assert 400 == response.status_code
-            assert "traceability_from_browser" == response.json()["error"]
+            assert "traceability_from_browser" == response.json()["detail"]["error"]
     assert [] == h.upstream.sent
 
 
@@ -506,9 +508,15 @@ async def test_local_and_upstream_errors_through_the_proxy() -> None:
         assert [] == h.upstream.sent
         unknown = await h.get(f"/p/v4/insee/sirene/unites_legales/{UNKNOWN_SIREN}")
     assert 422 == invalid.status_code
-    assert "siren" == invalid.json()["parameter"]
+    assert "siren" == invalid.json()["detail"]["parameter"]
     assert 404 == unknown.status_code
-    assert {"error": "not_found", "detail": "No such entity at API Entreprise."} == unknown.json()
+    assert {
+        "detail": {
+            "error": "not_found",
+            "message": "No such entity at API Entreprise.",
+            "codes": ["01003"],
+        }
+    } == unknown.json()
 
 
 async def test_provider_outage_and_rate_limit_are_503_with_retry_after() -> None:
@@ -526,7 +534,7 @@ async def test_provider_outage_and_rate_limit_are_503_with_retry_after() -> None
     assert "secret" not in down.text
     assert 200 == first.status_code
     assert 503 == throttled.status_code
-    assert "rate_limited" == throttled.json()["error"]
+    assert "rate_limited" == throttled.json()["detail"]["error"]
     assert 1 <= int(throttled.headers["retry-after"]) <= 2 * 60
 
 
@@ -604,7 +612,7 @@ async def test_per_user_rate_limit() -> None:
         again = await h.get(url, user="alice")
     assert [200, 200, 429] == statuses
     assert "1" == refused.headers["retry-after"]
-    assert "too_many_requests" == refused.json()["error"]
+    assert "too_many_requests" == refused.json()["detail"]["error"]
     assert 200 == other.status_code
     assert 200 == again.status_code
     assert 4 == len(h.upstream.sent)
@@ -728,3 +736,107 @@ async def test_readme_section_example_runs(monkeypatch: pytest.MonkeyPatch) -> N
     } == ok.json()["data"]
     assert 403 == other.status_code
     assert 1 == len(emulator.requests)
+
+
+# -- startup, one error shape, OpenAPI ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("unset", "value", "named"),
+    [
+        ("API_ENTREPRISE_TOKEN", None, "API_ENTREPRISE_TOKEN"),
+        ("API_ENTREPRISE_RECIPIENT", None, "API_ENTREPRISE_RECIPIENT"),
+        ("API_ENTREPRISE_CONTEXT", None, "API_ENTREPRISE_CONTEXT"),
+        ("API_ENTREPRISE_RECIPIENT", "13002526500014", "recipient"),  # bad checksum
+        ("API_ENTREPRISE_ENV", "moon", "environment"),
+        ("API_ENTREPRISE_MAX_WAIT", "soon", "API_ENTREPRISE_MAX_WAIT"),
+    ],
+)
+async def test_startup_fails_on_any_missing_or_invalid_setting(
+    monkeypatch: pytest.MonkeyPatch, unset: str, value: str | None, named: str
+) -> None:
+    """A misconfigured app does not start (instead of answering 500 to every request)."""
+    monkeypatch.delenv("API_ENTREPRISE_BASE_URL", raising=False)
+    monkeypatch.setenv("API_ENTREPRISE_TOKEN", TOKEN)
+    monkeypatch.setenv("API_ENTREPRISE_RECIPIENT", RECIPIENT)
+    monkeypatch.setenv("API_ENTREPRISE_CONTEXT", "tests")
+    if value is None:
+        monkeypatch.delenv(unset)
+    else:
+        monkeypatch.setenv(unset, value)
+    app = FastAPI(lifespan=make_lifespan(governor=Governor(backend=InMemoryBackend())))
+    with pytest.raises(RuntimeError, match=f"API Entreprise settings: .*{named}"):
+        async with app.router.lifespan_context(app):
+            raise AssertionError("started")
+
+
+async def test_every_error_of_the_app_has_one_shape() -> None:
+    """Library errors, HTTPException, unknown routes and validation: {"detail": {error, message}}."""
+    async with running([UL]) as h:
+
+        @h.app.get("/typed/{number}")
+        async def typed(number: int) -> dict[str, int]:
+            return {"number": number}
+
+        answers = {
+            "library 404": await h.get(f"/p/v4/insee/sirene/unites_legales/{UNKNOWN_SIREN}"),
+            "local 422": await h.get("/p/v4/insee/sirene/unites_legales/12345678X"),
+            "browser traceability": await h.get(
+                f"/p/v4/insee/sirene/unites_legales/{SIREN}", params={"object": "x"}
+            ),
+            "auth dependency": await h.get(f"/p/v4/insee/sirene/unites_legales/{SIREN}", user=None),
+            "no route": await h.get("/nowhere"),
+            "validation": await h.get("/typed/abc"),
+        }
+    expected = {
+        "library 404": (404, "not_found"),
+        "local 422": (422, "invalid_parameter"),
+        "browser traceability": (400, "traceability_from_browser"),
+        "auth dependency": (401, "unauthorized"),
+        "no route": (404, "not_found"),
+        "validation": (422, "invalid_parameter"),
+    }
+    for name, response in answers.items():
+        body = response.json()
+        assert ["detail"] == list(body), name
+        assert isinstance(body["detail"]["message"], str), name
+        assert expected[name] == (response.status_code, body["detail"]["error"]), name
+    assert "who are you?" == answers["auth dependency"].json()["detail"]["message"]
+    assert ["01003"] == answers["library 404"].json()["detail"]["codes"]
+    assert ["path", "number"] == answers["validation"].json()["detail"]["errors"][0]["loc"]
+
+
+def test_openapi_declares_the_record_and_every_error_body() -> None:
+    """Proxy routes declare 200 with the record's (filtered) schema, and 404/422/429/503 bodies."""
+    app = FastAPI()
+    install_exception_handlers(app)
+    fields = ["siren", "personne_morale_attributs.raison_sociale"]
+    app.include_router(
+        make_proxy_router(
+            [ProxyOperation(UL, fields=fields), ETAB],
+            tracing=tracing,
+            rate_limit=UserRateLimit(calls=2),
+        ),
+        prefix="/p",
+    )
+    schema = app.openapi()
+    ul = schema["paths"]["/p/v4/insee/sirene/unites_legales/{siren}"]["get"]["responses"]
+
+    def body(status: str) -> dict[str, Any]:
+        return ul[status]["content"]["application/json"]["schema"]  # type: ignore[no-any-return]
+
+    data = body("200")["properties"]["data"]
+    assert {"siren", "personne_morale_attributs"} == set(data["properties"])
+    assert {"type": "string"} == data["properties"]["siren"]
+    inner = data["properties"]["personne_morale_attributs"]["properties"]
+    assert {"raison_sociale"} == set(inner)
+    for status in ("404", "422", "429", "503"):
+        detail = body(status)["properties"]["detail"]
+        assert {"error", "message"} <= set(detail["required"]), status
+    assert "Retry-After" in ul["429"]["headers"]
+    assert "Retry-After" in ul["503"]["headers"]
+    assert "HTTPValidationError" not in json.dumps(ul)  # FastAPI's 422 replaced by ours
+    etab = schema["paths"]["/p/v4/insee/sirene/etablissements/{siret}"]["get"]["responses"]
+    full = etab["200"]["content"]["application/json"]["schema"]["properties"]["data"]
+    assert "Etablissement" == full["title"]
+    assert {"siret", "adresse", "unite_legale"} <= set(full["properties"])
