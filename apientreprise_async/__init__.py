@@ -43,6 +43,7 @@ from ._errors import TokenExpiredError as TokenExpiredError
 from ._errors import TransportError as TransportError
 from ._errors import UnavailableForLegalReasonsError as UnavailableForLegalReasonsError
 from ._errors import UnexpectedPayloadError as UnexpectedPayloadError
+from ._errors import UnfitFieldError as UnfitFieldError
 from ._errors import UnknownOperationError as UnknownOperationError
 from ._errors import ValidationError as ValidationError
 from ._governor import Governor as Governor
@@ -53,6 +54,8 @@ from ._response import RateLimit as RateLimit
 from ._response import Response as Response
 from ._retry import RetryPolicy as RetryPolicy
 from ._telemetry import Stats as Stats
+from .records._base import OpenEnum as OpenEnum
+from .records._base import Timestamp as Timestamp
 
 __all__ = [
     "BATCH_RETRY",
@@ -80,6 +83,7 @@ __all__ = [
     "MaintenanceWindowError",
     "MissingParameterError",
     "NotFoundError",
+    "OpenEnum",
     "Outcome",
     "ProviderError",
     "ProviderUnavailableError",
@@ -91,12 +95,14 @@ __all__ = [
     "ServiceUnreachable",
     "Stats",
     "Timeouts",
+    "Timestamp",
     "TokenExpiredError",
     "TokenExpiryWarning",
     "TokenInfo",
     "TransportError",
     "UnavailableForLegalReasonsError",
     "UnexpectedPayloadError",
+    "UnfitFieldError",
     "UnknownOperationError",
     "ValidationError",
     "__version__",

@@ -218,9 +218,12 @@ class Outcome:
             raw = self.response.raw
             line["http_status"] = self.response.http_status
             line["request_id"] = self.response.request_id
-            line["data"] = raw.get("data")
-            if raw.get("meta"):
+            line["data"] = raw.get("data") if isinstance(raw, dict) else raw
+            if isinstance(raw, dict) and raw.get("meta"):
                 line["meta"] = raw["meta"]
+            if self.response.problems:
+                # The data is as sent; these say which of its paths did not fit the record.
+                line["problems"] = list(self.response.problems)
         if self.error is not None:
             line["error"] = _describe_error(self.error)
         return line

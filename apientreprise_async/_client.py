@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import pathlib
+import re
 import secrets
 import time
 import warnings
@@ -26,7 +27,7 @@ from ._catalogue import DOWNLOAD_ENDPOINT, Endpoint, IdKind, TimeoutClass, get_e
 from ._circuit import Circuit, CircuitPolicy
 from ._coalesce import Coalescer, InFlight
 from ._config import USE_DEFAULT, Settings, Timeouts, UseDefault, resolve_base_url
-from ._convert import structure
+from ._convert import misfit_error, structure_lenient
 from ._errors import (
     ApiEntrepriseError,
     ApiError,
@@ -55,6 +56,15 @@ logger = logging.getLogger("apientreprise_async")
 
 _EXPIRY_THRESHOLDS = (7, 30, 90)
 _warned_expiry: set[tuple[str, int]] = set()
+# (operation, JSON path with list indices folded) already logged: once per process each.
+_logged_drift: set[tuple[str, str]] = set()
+_INDEX = re.compile(r"\[\d+\]")
+_WITHOUT_VALUE = re.compile(r"(, got \w+) .*$")
+
+
+def _drift_path(problem: str) -> str:
+    """The JSON path a problem line names, list indices folded (``$.data.items[].code``)."""
+    return _INDEX.sub("[]", problem.rpartition(" @ ")[2])
 
 
 #: Content types :meth:`AsyncClient.download` accepts by default.
@@ -193,6 +203,8 @@ class AsyncClient(Resources):
         audit: a sink receiving one :class:`AuditRecord` per attempt or local refusal.
         audit_errors: ``"raise"`` (default: an unaudited access fails) or ``"log"``.
         user, case: references written in audit records (who asked, for which file).
+        strict: raise :class:`UnexpectedPayloadError` when a 2xx JSON answer does
+            not fit its record, instead of returning it with ``problems``.
     """
 
     def __init__(
@@ -222,6 +234,7 @@ class AsyncClient(Resources):
         audit_errors: AuditErrors = "raise",
         user: str | None = None,
         case: str | None = None,
+        strict: bool = False,
     ) -> None:
         if auth is None:
             raw = token if token is not None else os.environ.get("API_ENTREPRISE_TOKEN")
@@ -255,6 +268,7 @@ class AsyncClient(Resources):
             coalesce=coalesce,
             user=user,
             case=case,
+            strict=strict,
         )
         if governor is None:
             governor = Governor(limits) if limits is not None else default_governor()
@@ -335,6 +349,7 @@ class AsyncClient(Resources):
         coalesce: bool | UseDefault = USE_DEFAULT,
         user: str | UseDefault | None = USE_DEFAULT,
         case: str | UseDefault | None = USE_DEFAULT,
+        strict: bool | UseDefault = USE_DEFAULT,
     ) -> AsyncClient:
         """A new client with some settings changed, sharing this one's pool and governor.
 
@@ -354,6 +369,7 @@ class AsyncClient(Resources):
                 ("coalesce", coalesce),
                 ("user", user),
                 ("case", case),
+                ("strict", strict),
             )
             if value is not USE_DEFAULT
         }
@@ -443,6 +459,7 @@ class AsyncClient(Resources):
         coalesce: bool | None = None,
         user: str | None = None,
         case: str | None = None,
+        strict: bool | None = None,
         **params: Any,
     ) -> Response[Any]:
         """Call an operation of the catalogue by its ``x-operationId``.
@@ -450,11 +467,13 @@ class AsyncClient(Resources):
         Path and query parameters are keywords (``siren="418166096"``).
         ``retry`` overrides the client's retry policy (``None``: no retry),
         ``coalesce=False`` opts out of request sharing, ``user`` and ``case``
-        go into the audit trail.
+        go into the audit trail, ``strict`` overrides the client's setting.
 
         Raises:
             UnknownOperationError: no such operation.
             InvalidParameterError: a parameter is missing or malformed (nothing sent).
+            UnexpectedPayloadError: with ``strict``, the answer does not fit its
+                record (``.response`` holds it).
         """
         endpoint = get_endpoint(operation_id)
         path_values: dict[str, Any] = {}
@@ -479,6 +498,7 @@ class AsyncClient(Resources):
             coalesce=coalesce,
             user=user,
             case=case,
+            strict=strict,
         )
 
     async def get(
@@ -730,6 +750,7 @@ class AsyncClient(Resources):
         coalesce: bool | None = None,
         user: str | None = None,
         case: str | None = None,
+        strict: bool | None = None,
     ) -> Response[Any]:
         if self._state is _State.CLOSED:
             raise RuntimeError("this AsyncClient is closed")
@@ -780,10 +801,23 @@ class AsyncClient(Resources):
 
         span = self._telemetry.span(endpoint.operation_id)
         if span is None:
-            return await self._run(endpoint, request, headers, wait, policy, coalesce, trace)
-        with span as live:
-            trace.span = live
-            return await self._run(endpoint, request, headers, wait, policy, coalesce, trace)
+            response = await self._run(endpoint, request, headers, wait, policy, coalesce, trace)
+        else:
+            with span as live:
+                trace.span = live
+                response = await self._run(
+                    endpoint, request, headers, wait, policy, coalesce, trace
+                )
+        # Strictness is the caller's, checked after the (possibly shared) answer arrived.
+        if response.problems and (s.strict if strict is None else strict):
+            raise misfit_error(
+                endpoint.record,
+                response.problems,
+                operation_id=endpoint.operation_id or None,
+                url=str(request.url),
+                response=response,
+            )
+        return response
 
     async def _run(
         self,
@@ -851,11 +885,14 @@ class AsyncClient(Resources):
         *,
         coalesced: bool = False,
     ) -> None:
+        unfit: tuple[str, ...] = ()
         if isinstance(outcome, Response):
             status: int | None = outcome.http_status
             label = "ok"
             codes: tuple[str, ...] = ()
             request_id = outcome.request_id
+            if outcome.problems:
+                unfit = tuple(sorted({_drift_path(line) for line in outcome.problems}))
         else:
             status = getattr(outcome, "http_status", None)
             label = f"http_{status}" if status is not None else type(outcome).__name__
@@ -878,6 +915,7 @@ class AsyncClient(Resources):
             user=trace.user,
             case=trace.case,
             request_id=request_id,
+            unfit_paths=unfit,
         )
         self._keep(record, trace)
 
@@ -1072,10 +1110,13 @@ class AsyncClient(Resources):
         except ValueError:
             body = None
             if answer.is_success:
-                raise TransportError(
+                received = self._response(endpoint, None, answer.text, answer, rate_limit)
+                raise UnexpectedPayloadError(
                     f"HTTP {answer.status_code} with a body that is not JSON",
+                    problems=("the body is not JSON @ $",),
                     url=url,
                     operation_id=op_id,
+                    response=received,
                 ) from None
         if not answer.is_success:
             raise error_from_response(
@@ -1089,46 +1130,61 @@ class AsyncClient(Resources):
                 request_id=request_id,
                 now=time.time(),
             )
-        if not isinstance(body, dict):
-            raise TransportError(
-                f"HTTP {answer.status_code} with a JSON body that is not an object",
-                url=url,
-                operation_id=op_id,
-            )
-        return self._envelope(endpoint, body, answer, rate_limit, request_id)
+        if isinstance(body, dict):
+            return self._response(endpoint, body.get("data"), body, answer, rate_limit)
+        # Valid JSON, but no envelope: the caller still gets it, with the problem named.
+        problem = f"expected an object, got {type(body).__name__} {body!r:.40} @ $"
+        return self._response(endpoint, None, body, answer, rate_limit, (problem,))
 
-    def _envelope(
+    def _response(
         self,
         endpoint: Endpoint,
-        body: dict[str, Any],
+        data: Any,
+        raw: Any,
         answer: httpx.Response,
         rate_limit: Any,
-        request_id: str | None,
+        problems: tuple[str, ...] = (),
     ) -> Response[Any]:
-        links = body.get("links")
-        meta = body.get("meta")
-        data = self._structure(endpoint, body.get("data"))
+        """The :class:`Response` of a 2xx: ``data`` structured leniently, problems logged once."""
+        if endpoint.record is not None:
+            data, found = structure_lenient(data, endpoint.record)
+            problems += found
+        if problems:
+            self._report_drift(endpoint.operation_id or answer.url.path, problems)
+        links = raw.get("links") if isinstance(raw, dict) else None
+        meta = raw.get("meta") if isinstance(raw, dict) else None
         return Response(
             data=data,
             links=links if isinstance(links, dict) else {},
             meta=meta if isinstance(meta, dict) else {},
-            raw=body,
+            raw=raw,
             http_status=answer.status_code,
             headers=answer.headers,
             rate_limit=rate_limit,
-            request_id=request_id,
+            request_id=answer.headers.get("x-request-id"),
             operation_id=endpoint.operation_id or None,
+            problems=problems,
         )
 
-    def _structure(self, endpoint: Endpoint, data: Any) -> Any:
-        """Turn ``data`` into the operation's record (raw JSON for paths outside the catalogue).
-
-        Raises:
-            UnexpectedPayloadError: the payload does not fit; the error names each JSON path.
-        """
-        if endpoint.record is None:
-            return data
-        return structure(data, endpoint.record, operation_id=endpoint.operation_id)
+    @staticmethod
+    def _report_drift(where: str, problems: tuple[str, ...]) -> None:
+        """Log each (operation, JSON path) mismatch once per process, at WARNING."""
+        for line in problems:
+            path = _drift_path(line)
+            key = (where, path)
+            if key in _logged_drift:
+                continue
+            _logged_drift.add(key)
+            # The reason without the value: logs must not copy the API's data.
+            reason = _WITHOUT_VALUE.sub(r"\1", line.rpartition(" @ ")[0])
+            logger.warning(
+                "%s: the answer does not fit its record at %s (%s); returned anyway with "
+                "the value as sent kept (logged once per path)",
+                where,
+                path,
+                reason,
+                extra={"operation_id": where, "json_path": path, "payload_problem": reason},
+            )
 
     def _log(
         self,

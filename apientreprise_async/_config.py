@@ -102,3 +102,4 @@ class Settings:
     coalesce: bool = True
     user: str | None = None
     case: str | None = None
+    strict: bool = False

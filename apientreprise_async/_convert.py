@@ -1,251 +1,455 @@
-"""The single cattrs converter between API payloads and records, configured once.
+"""Between API payloads and records: a fast pass, a lenient pass that explains, and back.
 
 - Dates (``"2024-03-31"``) become :class:`datetime.date`, timestamps
-  (``"2024-03-31T12:00:00.000+02:00"``) :class:`datetime.datetime`.
-- Scalars are checked, never coerced: a number where a string is expected is
-  an error, not ``"12"``.
+  (``"2024-03-31T12:00:00.000+02:00"``) :class:`datetime.datetime`, epoch
+  numbers :class:`~apientreprise_async.records.Timestamp`, documented closed
+  sets of values :class:`~apientreprise_async.records.OpenEnum` members.
+- Scalars are checked, never coerced: a number where a string is expected does
+  not fit, it does not become ``"12"``.
 - Lists become tuples (records are frozen) and go back to lists.
 - Fields a record does not know land in its ``extra`` mapping; fields the
   payload left out are remembered, so unstructuring gives back the same keys.
-- Any mismatch raises :class:`UnexpectedPayloadError` naming each JSON path.
+
+Structuring first runs a function generated per record class that checks
+and builds in one go, with no bookkeeping (the answer almost always fits).
+Only when it fails does the detailed pass run: it builds the same records,
+leaves each value that does not fit out of its typed attribute (kept in the
+record's ``unfit`` mapping) and names every such JSON path in ``problems``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+import enum
+import itertools
+from collections.abc import Callable
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
 import attrs
 import cattrs
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
-from cattrs.v import format_exception
 
 from ._errors import UnexpectedPayloadError
 from .records import Record
+from .records._base import OpenEnum, Timestamp
 
-__all__ = ["converter", "structure", "unstructure"]
+__all__ = ["converter", "structure", "structure_lenient", "unstructure"]
 
-_HIDDEN = ("extra", "_absent")
-
-converter = cattrs.Converter(detailed_validation=True)
-
-
-def _expected(kind: str, value: Any) -> TypeError:
-    return TypeError(f"expected {kind}, got {type(value).__name__} {value!r:.40}")
+_HIDDEN = frozenset({"extra", "unfit", "_absent"})
+_NONE = type(None)
 
 
-def _structure_str(value: Any, _: Any) -> str:
-    if not isinstance(value, str):
-        raise _expected("a string", value)
-    return value
+class _Misfit(Exception):
+    """The fast pass gives up (any exception does: the lenient pass decides what happened)."""
 
 
-def _structure_int(value: Any, _: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _expected("an integer", value)
-    return value
+# -- what a type is ------------------------------------------------------------------
 
 
-def _structure_float(value: Any, _: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _expected("a number", value)
-    # An integral JSON number stays an int, so that it dumps back as it came.
-    return value
+@attrs.frozen
+class _Kind:
+    """A field's type reduced to what structuring needs."""
+
+    tag: str  # str int float bool date datetime any mapping record tuple optional enum timestamp
+    inner: Any = None  # record class, enum class, or the _Kind of an item / optional value
 
 
-def _structure_bool(value: Any, _: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _expected("a boolean", value)
-    return value
+def _kind(type_: Any) -> _Kind:
+    if type_ in _SCALARS:
+        return _Kind(_SCALARS[type_])
+    if type_ is Any:
+        return _Kind("any")
+    origin = get_origin(type_)
+    args = get_args(type_)
+    if origin in (Union, UnionType):
+        rest = [a for a in args if a is not _NONE]
+        if len(rest) == 1 and len(args) == 2:
+            return _Kind("optional", _kind(rest[0]))
+        raise TypeError(f"unsupported union in a record: {type_!r}")
+    if origin is tuple:
+        return _Kind("tuple", _kind(args[0]))
+    if origin is not None and origin.__name__ == "Mapping":
+        return _Kind("mapping")
+    if isinstance(type_, type):
+        if issubclass(type_, Timestamp):
+            return _Kind("timestamp")
+        if issubclass(type_, OpenEnum):
+            return _Kind("enum", type_)
+        if issubclass(type_, Record) and type_ is not Record:
+            return _Kind("record", type_)
+    raise TypeError(f"unsupported type in a record: {type_!r}")
 
 
-def _structure_date(value: Any, _: Any) -> dt.date:
-    if not isinstance(value, str):
-        raise _expected("a date string", value)
+_SCALARS = {
+    str: "str",
+    int: "int",
+    float: "float",
+    bool: "bool",
+    dt.date: "date",
+    dt.datetime: "datetime",
+}
+
+
+@attrs.frozen
+class _Field:
+    name: str
+    kind: _Kind
+    required: bool  # no default: the OpenAPI file lists it as required
+
+
+_plans: dict[type[Record], tuple[_Field, ...]] = {}
+
+
+def _plan(cls: type[Record]) -> tuple[_Field, ...]:
+    plan = _plans.get(cls)
+    if plan is None:
+        hints = attrs.resolve_types(cls).__attrs_attrs__
+        plan = tuple(
+            _Field(a.name, _kind(a.type), a.default is attrs.NOTHING)
+            for a in hints
+            if a.name not in _HIDDEN
+        )
+        _plans[cls] = plan
+    return plan
+
+
+def _known(cls: type[Record]) -> frozenset[str]:
+    return frozenset(f.name for f in _plan(cls))
+
+
+# -- the fast pass: one generated function per record class ---------------------------
+
+_fast: dict[Any, Callable[[Any], Any]] = {}
+_counter = itertools.count()
+
+
+def _finish(record: Record, value: dict[str, Any], known: frozenset[str]) -> None:
+    """Remember unknown and absent fields (only when the keys differ from the record's)."""
+    extra = {key: item for key, item in value.items() if key not in known}
+    absent = known.difference(value)
+    # Set after construction: they describe the payload, not the data.
+    if extra:
+        object.__setattr__(record, "extra", extra)
+    if absent:
+        object.__setattr__(record, "_absent", absent)
+
+
+def _fast_lines(kind: _Kind, var: str, env: dict[str, Any], indent: str) -> list[str]:
+    """Statements checking (and converting in place) ``var``; any failure raises."""
+    tag = kind.tag
+    if tag == "optional":
+        inner = _fast_lines(kind.inner, var, env, indent + "    ")
+        return [f"{indent}if {var} is not None:", *inner] if inner else []
+    if tag in ("str", "int", "bool"):
+        return [f"{indent}if {var}.__class__ is not {tag}: raise _Misfit"]
+    if tag == "float":
+        cond = f"{var}.__class__ is not float and {var}.__class__ is not int"
+        return [f"{indent}if {cond}: raise _Misfit"]
+    if tag == "date":
+        return [f"{indent}{var} = _date({var})"]  # TypeError unless a str: not a fit
+    if tag == "datetime":
+        return [f"{indent}{var} = _datetime({var})"]
+    if tag == "any":
+        return []
+    if tag == "mapping":
+        return [f"{indent}if {var}.__class__ is not dict: raise _Misfit"]
+    if tag == "timestamp":
+        return [
+            f"{indent}if {var}.__class__ is not int: raise _Misfit",
+            f"{indent}{var} = _Timestamp({var})",
+        ]
+    if tag == "enum":
+        name = f"_enum{next(_counter)}"
+        env[name] = kind.inner
+        env[name + "_map"] = kind.inner._value2member_map_
+        # Unknown values are accepted (the lookup fails only on a non-string).
+        return [f"{indent}{var} = {name}_map.get({var}) or {name}({var})"]
+    name = f"_fn{next(_counter)}"
+    env[name] = _fast_function(kind)
+    return [f"{indent}{var} = {name}({var})"]
+
+
+def _fast_function(kind: _Kind) -> Callable[[Any], Any]:
+    """The fast structuring function of a record or tuple kind (cached; built lazily)."""
+    key = kind
+    found = _fast.get(key)
+    if found is not None:
+        return found
+    env: dict[str, Any] = {"_Misfit": _Misfit, "_date": dt.date.fromisoformat}
+    env.update(_datetime=dt.datetime.fromisoformat, _Timestamp=Timestamp, _finish=_finish)
+    if kind.tag == "tuple":
+        item = kind.inner
+        lines = ["def structure_tuple(v):", "    if v.__class__ is not list: raise _Misfit"]
+        if item.tag in ("record", "tuple"):
+            env["_item"] = _fast_function(item)
+            checks = ["_item"]
+            lines.append("    return tuple([_item(i) for i in v])")
+        else:
+            checks = _fast_lines(item, "i", env, "        ")
+        if not checks:
+            lines.append("    return tuple(v)")
+        elif item.tag not in ("record", "tuple"):
+            lines += ["    out = []", "    for i in v:", *checks, "        out.append(i)"]
+            lines.append("    return tuple(out)")
+        function_name = "structure_tuple"
+    else:
+        cls = kind.inner
+        # Registered before the body is built: a record may contain a tuple of itself.
+        env["_cls"] = cls
+        env["_new"] = object.__new__
+        env["_known"] = _known(cls)
+        lines = [
+            f"def structure_{cls.__name__}(d):",
+            "    if d.__class__ is not dict: raise _Misfit",
+            "    o = _new(_cls)",
+        ]
+        for field in _plan(cls):
+            setter = f"_set_{field.name}"
+            env[setter] = getattr(cls, field.name).__set__
+            get = f"d[{field.name!r}]" if field.required else f"d.get({field.name!r})"
+            lines.append(f"    v = {get}")
+            lines += _fast_lines(field.kind, "v", env, "    ")
+            lines.append(f"    {setter}(o, v)")
+        lines += ["    if d.keys() != _known: _finish(o, d, _known)", "    return o"]
+        function_name = f"structure_{cls.__name__}"
+    # Placeholder first: a self-referencing record finds its own (future) function.
+    holder: list[Callable[[Any], Any]] = []
+    _fast[key] = lambda value: holder[0](value)
+    code = compile("\n".join(lines), f"<structure {function_name}>", "exec")
+    exec(code, env)
+    function: Callable[[Any], Any] = env[function_name]
+    holder.append(function)
+    _fast[key] = function
+    return function
+
+
+# -- the lenient pass: same records, every misfit named ------------------------------
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "null"
+    return f"{type(value).__name__} {value!r:.40}"
+
+
+def _expected(what: str, value: Any, path: str, problems: list[str]) -> tuple[bool, Any]:
+    problems.append(f"expected {what}, got {_shown(value)} @ {path}")
+    return False, None
+
+
+_WHAT = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "mapping": "an object",
+    "timestamp": "an integer (epoch seconds)",
+    "enum": "a string",
+}
+
+
+def _lenient(kind: _Kind, value: Any, path: str, problems: list[str]) -> tuple[bool, Any]:
+    """``(True, structured)`` when ``value`` fits ``kind``, else ``(False, None)`` and problems."""
+    tag = kind.tag
+    if tag == "optional":
+        if value is None:
+            return True, None
+        return _lenient(kind.inner, value, path, problems)
+    if tag == "any":
+        return True, value
+    if tag == "str" and type(value) is str:
+        return True, value
+    if tag == "int" and type(value) is int:
+        return True, value
+    if tag == "float" and type(value) in (int, float):
+        return True, value
+    if tag == "bool" and type(value) is bool:
+        return True, value
+    if tag == "mapping" and isinstance(value, dict):
+        return True, value
+    if tag == "timestamp" and type(value) is int:
+        return True, Timestamp(value)
+    if tag == "enum" and type(value) is str:
+        return True, kind.inner(value)
+    if tag in ("date", "datetime"):
+        parse = dt.date.fromisoformat if tag == "date" else dt.datetime.fromisoformat
+        if type(value) is str:
+            try:
+                return True, parse(value)
+            except ValueError:
+                pass
+        what = "an ISO date (YYYY-MM-DD)" if tag == "date" else "an ISO 8601 timestamp"
+        return _expected(what, value, path, problems)
+    if tag == "record":
+        if isinstance(value, dict):
+            return True, _lenient_record(kind.inner, value, path, problems)
+        return _expected("an object", value, path, problems)
+    if tag == "tuple":
+        if not isinstance(value, list):
+            return _expected("a list", value, path, problems)
+        items = []
+        fits = True
+        for index, item in enumerate(value):
+            where = f"{path}[{index}]"
+            if kind.inner.tag == "record" and not isinstance(item, dict):
+                # No hole in a tuple: an item that is not an object is an empty record.
+                _expected("an object", item, where, problems)
+                items.append(_empty_record(kind.inner.inner))
+                continue
+            ok, result = _lenient(kind.inner, item, where, problems)
+            fits = fits and ok
+            items.append(result)
+        return (True, tuple(items)) if fits else (False, None)
+    return _expected(_WHAT[tag], value, path, problems)
+
+
+def _lenient_record(
+    cls: type[Record], value: dict[str, Any], path: str, problems: list[str]
+) -> Record:
+    record = object.__new__(cls)
+    unfit: dict[str, Any] = {}
+    for field in _plan(cls):
+        where = f"{path}.{field.name}"
+        if field.name not in value:
+            if field.required:
+                problems.append(f"required field missing @ {where}")
+            if not field.required or field.kind.tag == "optional":
+                object.__setattr__(record, field.name, None)  # None fits: no need to raise
+            continue
+        raw = value[field.name]
+        ok, result = _lenient(field.kind, raw, where, problems)
+        if ok:
+            object.__setattr__(record, field.name, result)
+        else:
+            unfit[field.name] = raw
+    if unfit:
+        object.__setattr__(record, "unfit", unfit)
+    known = _known(cls)
+    if value.keys() != known:
+        _finish(record, value, known)
+    return record
+
+
+def _empty_record(cls: type[Record]) -> Record:
+    """A record where every field reads as absent (its ``data`` was not an object)."""
+    record = object.__new__(cls)
+    object.__setattr__(record, "_absent", _known(cls))
+    return record
+
+
+# -- entry points --------------------------------------------------------------------
+
+
+def _top_kind(record: Any) -> _Kind:
+    kind = _kinds.get(record)
+    if kind is None:
+        kind = _kinds[record] = _kind(record)
+    return kind
+
+
+_kinds: dict[Any, _Kind] = {}
+
+
+def structure_lenient(
+    data: Any, record: Any, *, path: str = "$.data"
+) -> tuple[Any, tuple[str, ...]]:
+    """Build ``record`` (a record class or ``tuple[Class, ...]``) from ``data``, never failing.
+
+    Returns the structured value and the problems: one line per JSON path
+    whose value did not fit (empty when all did). What did not fit is kept in
+    the ``unfit`` mapping of the record holding it; ``data`` that is not an
+    object gives a record whose every field reads as absent.
+    """
+    kind = _top_kind(record)
     try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"expected an ISO date (YYYY-MM-DD), got {value!r:.40}") from None
+        return _fast_function(kind)(data), ()
+    except Exception:
+        pass
+    problems: list[str] = []
+    if kind.tag == "record":
+        if isinstance(data, dict):
+            return _lenient_record(kind.inner, data, path, problems), tuple(problems)
+        _expected("an object", data, path, problems)
+        return _empty_record(kind.inner), tuple(problems)
+    ok, result = _lenient(kind, data, path, problems)
+    return (result if ok else ()), tuple(problems)
 
 
-def _structure_datetime(value: Any, _: Any) -> dt.datetime:
-    if not isinstance(value, str):
-        raise _expected("a timestamp string", value)
-    try:
-        return dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"expected an ISO 8601 timestamp, got {value!r:.40}") from None
+def structure(data: Any, record: Any, *, operation_id: str | None = None, url: str = "") -> Any:
+    """Build ``record`` from ``data``, strictly.
+
+    Raises:
+        UnexpectedPayloadError: the payload does not fit; ``problems`` names each JSON path.
+    """
+    value, problems = structure_lenient(data, record)
+    if problems:
+        raise misfit_error(record, problems, operation_id=operation_id, url=url)
+    return value
 
 
-converter.register_structure_hook(str, _structure_str)
-converter.register_structure_hook(int, _structure_int)
-converter.register_structure_hook(float, _structure_float)
-converter.register_structure_hook(bool, _structure_bool)
-converter.register_structure_hook(dt.date, _structure_date)
-converter.register_structure_hook(dt.datetime, _structure_datetime)
+def misfit_error(
+    record: Any,
+    problems: tuple[str, ...],
+    *,
+    operation_id: str | None,
+    url: str = "",
+    response: Any = None,
+) -> UnexpectedPayloadError:
+    """The error of a strict call whose answer did not fit ``record``."""
+    name = "the JSON:API envelope" if record is None else getattr(record, "__name__", repr(record))
+    where = operation_id or "the answer"
+    shown = "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
+    return UnexpectedPayloadError(
+        f"{where}: the payload does not fit {name}: {shown}",
+        problems=problems,
+        operation_id=operation_id,
+        url=url,
+        response=response,
+    )
+
+
+# -- back to JSON --------------------------------------------------------------------
+
+converter = cattrs.Converter()
 converter.register_unstructure_hook(dt.date, lambda value: value.isoformat())
 converter.register_unstructure_hook(dt.datetime, lambda value: value.isoformat())
-
-
-def _is_tuple(type_: Any) -> bool:
-    return get_origin(type_) is tuple
-
-
-def _tuple_hooks(type_: Any) -> Callable[[Any, Any], tuple[Any, ...]]:
-    item_type = get_args(type_)[0]
-    hook: Callable[[Any, Any], Any] | None = None
-
-    def structure_tuple(value: Any, _: Any) -> tuple[Any, ...]:
-        # cattrs would iterate a string or a mapping; a JSON array is required here.
-        nonlocal hook
-        if not isinstance(value, list):
-            raise _expected("a list", value)
-        if hook is None:
-            # Looked up once, not per item (a liasse holds hundreds); lazily, so that
-            # a record may contain a tuple of itself.
-            hook = converter.get_structure_hook(item_type)
-        items: list[Any] = []
-        errors: list[Exception] = []
-        for index, item in enumerate(value):
-            try:
-                items.append(hook(item, item_type))
-            except Exception as exc:
-                exc.__notes__ = [
-                    *getattr(exc, "__notes__", []),
-                    cattrs.IterableValidationNote(
-                        f"Structuring {type_} @ index {index}", index, item_type
-                    ),
-                ]
-                errors.append(exc)
-        if errors:
-            raise cattrs.IterableValidationError(f"While structuring {type_!r}", errors, type_)
-        return tuple(items)
-
-    return structure_tuple
-
-
-def _unstructure_tuple(type_: Any) -> Callable[[tuple[Any, ...]], list[Any]]:
-    item_type = get_args(type_)[0]
-
-    def unstructure_tuple(value: tuple[Any, ...]) -> list[Any]:
-        return [converter.unstructure(item, item_type) for item in value]
-
-    return unstructure_tuple
-
-
-converter.register_structure_hook_factory(_is_tuple, _tuple_hooks)
-converter.register_unstructure_hook_factory(_is_tuple, _unstructure_tuple)
-
-
-def _is_optional(type_: Any) -> bool:
-    args = get_args(type_)
-    return len(args) == 2 and type(None) in args and get_origin(type_) in (Union, UnionType)
-
-
-def _optional_hooks(type_: Any) -> Callable[[Any, Any], Any]:
-    inner = next(arg for arg in get_args(type_) if arg is not type(None))
-    hook: Callable[[Any, Any], Any] | None = None
-
-    def structure_optional(value: Any, _: Any) -> Any:
-        # cattrs' own Optional hook looks the inner hook up on every value; records
-        # are mostly ``X | None`` fields, so resolve it once (lazily: a record may
-        # refer to itself).
-        nonlocal hook
-        if value is None:
-            return None
-        if hook is None:
-            hook = converter.get_structure_hook(inner)
-        return hook(value, inner)
-
-    return structure_optional
-
-
-converter.register_structure_hook_factory(_is_optional, _optional_hooks)
+converter.register_unstructure_hook(Timestamp, int)
+converter.register_unstructure_hook_factory(
+    lambda t: isinstance(t, type) and issubclass(t, enum.Enum), lambda _: lambda v: v.value
+)
 
 
 def _is_record(type_: Any) -> bool:
     return isinstance(type_, type) and issubclass(type_, Record) and type_ is not Record
 
 
-def _record_structure(cls: type[Record]) -> Callable[[Any, Any], Record]:
-    base = make_dict_structure_fn(
-        cls,
-        converter,
-        _cattrs_detailed_validation=True,
-        extra=override(omit=True),
-        _absent=override(omit=True),
-    )
-    known = frozenset(a.name for a in attrs.fields(cls) if a.name not in _HIDDEN)
-
-    def structure_record(value: Any, _: Any) -> Record:
-        if not isinstance(value, Mapping):
-            raise _expected("an object", value)
-        record = base(value, cls)
-        if value.keys() == known:
-            return record  # the usual case: exactly the documented fields, one set comparison
-        extra = {key: item for key, item in value.items() if key not in known}
-        absent = known.difference(value)
-        # Filled after construction: they describe the payload, not the data, and
-        # users building records by hand should not have to care about them.
-        if extra:
-            object.__setattr__(record, "extra", extra)
-        if absent:
-            object.__setattr__(record, "_absent", absent)
-        return record
-
-    return structure_record
-
-
 def _record_unstructure(cls: type[Record]) -> Callable[[Record], dict[str, Any]]:
-    base = make_dict_unstructure_fn(
-        cls, converter, extra=override(omit=True), _absent=override(omit=True)
-    )
+    fields = [(f.name, f.type) for f in attrs.fields(attrs.resolve_types(cls))]
+    fields = [(name, type_) for name, type_ in fields if name not in _HIDDEN]
 
     def unstructure_record(record: Record) -> dict[str, Any]:
-        out = base(record)
-        for name in record._absent:
-            out.pop(name, None)
+        absent = record._absent
+        unfit = record.unfit
+        out: dict[str, Any] = {}
+        for name, type_ in fields:
+            if name in absent:
+                continue
+            if name in unfit:
+                out[name] = unfit[name]  # as the server sent it
+            else:
+                out[name] = converter.unstructure(getattr(record, name), type_)
         out.update(record.extra)
         return out
 
     return unstructure_record
 
 
-converter.register_structure_hook_factory(_is_record, _record_structure)
 converter.register_unstructure_hook_factory(_is_record, _record_unstructure)
 
 
-def _describe(exc: BaseException, type_: Any) -> str:
-    if isinstance(exc, KeyError):
-        return "required field missing"
-    if isinstance(exc, TypeError | ValueError) and str(exc):
-        return str(exc)
-    return format_exception(exc, type_)
-
-
-def structure(data: Any, record: Any, *, operation_id: str | None = None, url: str = "") -> Any:
-    """Build ``record`` (a record class or ``tuple[Class, ...]``) from the ``data`` of an answer.
-
-    Raises:
-        UnexpectedPayloadError: the payload does not fit; ``problems`` names each JSON path.
-    """
-    try:
-        return converter.structure(data, record)
-    except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
-        problems = cattrs.transform_error(exc, path="$.data", format_exception=_describe)
-        name = getattr(record, "__name__", None) or repr(record)
-        where = operation_id or "the answer"
-        shown = "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
-        raise UnexpectedPayloadError(
-            f"{where}: the payload does not fit {name}: {shown}",
-            problems=problems,
-            operation_id=operation_id,
-            url=url,
-        ) from exc
-
-
 def unstructure(value: Any) -> Any:
-    """Turn a record (or a tuple of records) back into JSON-ready data, extra fields included."""
+    """Turn a record (or a tuple of records) back into JSON-ready data, extra fields included.
+
+    Values that did not fit come back as the server sent them.
+    """
     return converter.unstructure(value)

@@ -25,7 +25,8 @@
     │       └── ProviderUnavailableError          503, 504
     ├── TransportError                            no usable answer (timeout, DNS, TLS, reset)
     │   └── ServiceUnreachable                    circuit open after repeated silence
-    └── UnexpectedPayloadError                    a 2xx body that does not fit its record
+    └── UnexpectedPayloadError                    a 2xx body we cannot read as promised
+        └── UnfitFieldError (also AttributeError) reading a record field whose value misfit
 
 ``ApiError`` and ``TransportError`` carry the request's method and URL (the
 URL never holds the token: it travels in a header).
@@ -35,11 +36,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from ._response import RateLimit
+
+if TYPE_CHECKING:
+    from ._response import Response
 
 __all__ = [
     "ApiEntrepriseError",
@@ -65,6 +69,7 @@ __all__ = [
     "TransportError",
     "UnavailableForLegalReasonsError",
     "UnexpectedPayloadError",
+    "UnfitFieldError",
     "UnknownOperationError",
     "ValidationError",
     "error_from_response",
@@ -355,16 +360,24 @@ class ServiceUnreachable(TransportError):
 class UnexpectedPayloadError(ApiEntrepriseError):
     """A successful answer we cannot read as promised.
 
-    Either a JSON body that does not fit the operation's record, or a
-    downloaded document whose content type is not one we accept.
+    Raised for a body that is not JSON, a downloaded document whose content
+    type is not one we accept, and (only with ``strict=True``) a JSON body
+    that does not fit the operation's record. By default such a body is
+    returned anyway, with :attr:`Response.problems` saying what did not fit.
 
     Attributes:
         problems: one line per offending value, naming its JSON path
-            (``... @ $.data.siren``).
+            (``expected a string, got int 3 @ $.data.siren``).
         operation_id: the catalogue operation, when known.
         url: the request sent.
+        response: what was received: the whole :class:`Response` (raw body,
+            status, headers, rate limit, request id; ``data`` is the lenient
+            record when the body was JSON, else ``None``). ``None`` only when
+            the error is about a value read later, not about an answer.
+        http_status, request_id, headers, rate_limit: the same, from ``response``.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 ``response``: what was received travels with the error.
     """
 
     def __init__(
@@ -374,11 +387,57 @@ class UnexpectedPayloadError(ApiEntrepriseError):
         problems: Sequence[str] = (),
         operation_id: str | None = None,
         url: str = "",
+        response: Response[Any] | None = None,
     ) -> None:
         self.problems = tuple(problems)
         self.operation_id = operation_id
         self.url = url
+        self.response = response
         super().__init__(message)
+
+    @property
+    def http_status(self) -> int | None:
+        """The answer's status (``None`` without a response)."""
+        return None if self.response is None else self.response.http_status
+
+    @property
+    def request_id(self) -> str | None:
+        """The server's ``X-Request-ID`` of the answer."""
+        return None if self.response is None else self.response.request_id
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The answer's headers (empty without a response)."""
+        return {} if self.response is None else self.response.headers
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        """The answer's ``RateLimit-*`` headers."""
+        return None if self.response is None else self.response.rate_limit
+
+
+class UnfitFieldError(UnexpectedPayloadError, AttributeError):
+    """Reading a record field whose value did not fit its documented type.
+
+    A lenient record keeps such a value in ``record.unfit`` instead of
+    passing it off as the annotated type. Being an ``AttributeError``,
+    ``getattr(record, name, default)`` and ``hasattr`` treat the field as
+    missing.
+
+    Attributes:
+        field: the attribute read.
+        value: the value as the server sent it (``None`` for null or absent).
+
+    .. versionadded:: 0.2.0
+    """
+
+    def __init__(self, message: str, *, field: str, value: Any, obj: Any = None) -> None:
+        super().__init__(message, problems=(message,))
+        self.field = field
+        self.value = value
+        # AttributeError's own attributes, so that tools reading them (IDEs, suggestions) work.
+        self.name = field
+        self.obj = obj
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {

@@ -92,6 +92,7 @@ class AdemeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[ademe.CertificationRgeItem, ...]]:
         """RGE certificates held by an establishment.
@@ -116,6 +117,7 @@ class AdemeResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -132,6 +134,7 @@ class BanqueDeFranceResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[banque_de_france.BilanItem, ...]]:
         """Balance sheets of a legal unit, with computed ratios.
@@ -155,6 +158,7 @@ class BanqueDeFranceResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -171,6 +175,7 @@ class CarifOrefResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[carif_oref.CertificationsQualiopi]:
         """Qualiopi certification and France Compétences accreditations of an establishment.
@@ -196,6 +201,7 @@ class CarifOrefResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -212,6 +218,7 @@ class CibtpResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[cibtp.AttestationCotisations]:
         """Link to the CIBTP contribution certificate of an establishment.
@@ -237,6 +244,7 @@ class CibtpResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -253,6 +261,7 @@ class CmaFranceResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[cma_france.EntrepriseArtisanale]:
         """A craft business in the trades register.
@@ -278,6 +287,7 @@ class CmaFranceResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -294,6 +304,7 @@ class CnetpResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[cnetp.AttestationCotisations]:
         """Link to the CNETP contribution certificate of a legal unit.
@@ -319,6 +330,7 @@ class CnetpResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -335,6 +347,7 @@ class DataSubventionResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[data_subvention.SubventionItem, ...]]:
         """Grants requested by and paid to an association.
@@ -358,6 +371,7 @@ class DataSubventionResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -375,6 +389,7 @@ class DgfipResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[dgfip.AttestationFiscale]: ...
 
@@ -389,6 +404,7 @@ class DgfipResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[dgfip.AttestationFiscaleV3]: ...
 
@@ -402,6 +418,7 @@ class DgfipResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[dgfip.AttestationFiscale] | Response[dgfip.AttestationFiscaleV3]:
         """Link to the tax compliance certificate of a legal unit.
@@ -430,6 +447,7 @@ class DgfipResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     async def chiffres_affaires(
@@ -442,6 +460,7 @@ class DgfipResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[dgfip.ChiffreAffairesItem, ...]]:
         """Turnover declared by an establishment, per fiscal year.
@@ -465,6 +484,7 @@ class DgfipResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     async def liasses_fiscales(
@@ -478,6 +498,7 @@ class DgfipResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[dgfip.LiassesFiscales]:
         """Tax return forms of a legal unit for one year.
@@ -502,6 +523,7 @@ class DgfipResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     async def liens_capitalistiques(
@@ -515,6 +537,7 @@ class DgfipResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[dgfip.LiensCapitalistiques]:
         """Shareholders and holdings of a legal unit for one year.
@@ -539,6 +562,7 @@ class DgfipResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -555,6 +579,7 @@ class DjepvaResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = 4,
     ) -> Response[djepva.Association]:
         """An association, with its establishments and documents.
@@ -576,6 +601,7 @@ class DjepvaResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     async def associations_open_data(
@@ -588,6 +614,7 @@ class DjepvaResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = 4,
     ) -> Response[djepva.AssociationOpenData]:
         """The public data of an association.
@@ -619,6 +646,7 @@ class DjepvaResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     async def open_data(
@@ -631,6 +659,7 @@ class DjepvaResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = 4,
     ) -> Response[djepva.AssociationOpenData]:
         """The public data of an association.
@@ -654,6 +683,7 @@ class DjepvaResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -670,6 +700,7 @@ class DouanesResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[douanes.ImmatriculationEori]:
         """The EORI registration of an establishment.
@@ -691,6 +722,7 @@ class DouanesResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -707,6 +739,7 @@ class EuropeanCommissionResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[european_commission.NumeroTva]:
         """The intra-EU VAT number of a legal unit.
@@ -730,6 +763,7 @@ class EuropeanCommissionResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -746,6 +780,7 @@ class FabriqueNumeriqueMinisteresSociauxResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[fabrique_numerique_ministeres_sociaux.ConventionCollectiveItem, ...]]:
         """Collective agreements that apply to an establishment.
@@ -773,6 +808,7 @@ class FabriqueNumeriqueMinisteresSociauxResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -789,6 +825,7 @@ class FntpResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[fntp.CarteProfessionnelle]:
         """Link to the public-works professional card of a legal unit.
@@ -814,6 +851,7 @@ class FntpResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -834,6 +872,7 @@ class GipMdsResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[gip_mds.EffectifsMensuels]:
         """Monthly headcount of an establishment.
@@ -861,6 +900,7 @@ class GipMdsResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     async def effectifs_annuels(
@@ -875,6 +915,7 @@ class GipMdsResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[gip_mds.EffectifsAnnuels]:
         """Yearly headcount of a legal unit.
@@ -902,6 +943,7 @@ class GipMdsResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     async def effectifs_mensuels(
@@ -918,6 +960,7 @@ class GipMdsResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[gip_mds.EffectifsMensuels]:
         """Monthly headcount of an establishment.
@@ -955,6 +998,7 @@ class GipMdsResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -971,6 +1015,7 @@ class InfogreffeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[infogreffe.ExtraitKbis]:
         """The trade register extract (Kbis data) of a legal unit.
@@ -994,6 +1039,7 @@ class InfogreffeResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     async def mandataires_sociaux(
@@ -1006,6 +1052,7 @@ class InfogreffeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[infogreffe.MandataireSocialItem, ...]]:
         """Officers of a legal unit, people and companies.
@@ -1029,6 +1076,7 @@ class InfogreffeResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -1045,6 +1093,7 @@ class InpiResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[inpi.ActesBilans]:
         """Deeds and balance sheets filed at the RNE.
@@ -1068,6 +1117,7 @@ class InpiResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     async def beneficiaires_effectifs(
@@ -1080,6 +1130,7 @@ class InpiResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[inpi.BeneficiaireEffectifItem, ...]]:
         """Beneficial owners of a legal unit.
@@ -1105,6 +1156,7 @@ class InpiResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     async def extrait_rne(
@@ -1117,6 +1169,7 @@ class InpiResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[inpi.ExtraitRne]:
         """The RNE extract of a legal unit.
@@ -1138,6 +1191,7 @@ class InpiResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -1154,6 +1208,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[insee.Adresse]:
         """The address of an establishment, public data only.
@@ -1179,6 +1234,7 @@ class InseeResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     @overload
@@ -1192,6 +1248,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[insee.Etablissement]: ...
 
@@ -1206,6 +1263,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[insee.EtablissementV3]: ...
 
@@ -1219,6 +1277,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[insee.Etablissement] | Response[insee.EtablissementV3]:
         """The head office of a legal unit, public data only.
@@ -1247,6 +1306,7 @@ class InseeResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     @overload
@@ -1260,6 +1320,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[insee.Etablissement]: ...
 
@@ -1274,6 +1335,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[insee.EtablissementV3]: ...
 
@@ -1287,6 +1349,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[insee.Etablissement] | Response[insee.EtablissementV3]:
         """An establishment of the Sirene directory.
@@ -1315,6 +1378,7 @@ class InseeResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     async def etablissements_adresse(
@@ -1327,6 +1391,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[insee.Adresse]:
         """The address of an establishment.
@@ -1352,6 +1417,7 @@ class InseeResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     @overload
@@ -1365,6 +1431,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[insee.Etablissement]: ...
 
@@ -1379,6 +1446,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[insee.EtablissementV3]: ...
 
@@ -1392,6 +1460,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[insee.Etablissement] | Response[insee.EtablissementV3]:
         """An establishment, public data only (non-diffusible ones are refused).
@@ -1420,6 +1489,7 @@ class InseeResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     async def etablissements_diffusibles_adresse(
@@ -1432,6 +1502,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[insee.Adresse]:
         """The address of an establishment, public data only.
@@ -1465,6 +1536,7 @@ class InseeResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     async def successions(
@@ -1477,6 +1549,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[insee.Successions]:
         """Predecessors and successors of an establishment.
@@ -1498,6 +1571,7 @@ class InseeResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     @overload
@@ -1511,6 +1585,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[insee.UniteLegale]: ...
 
@@ -1525,6 +1600,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[insee.UniteLegaleV3]: ...
 
@@ -1538,6 +1614,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[insee.UniteLegale] | Response[insee.UniteLegaleV3]:
         """A legal unit of the Sirene directory.
@@ -1566,6 +1643,7 @@ class InseeResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     @overload
@@ -1579,6 +1657,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[insee.UniteLegale]: ...
 
@@ -1593,6 +1672,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[insee.UniteLegaleV3]: ...
 
@@ -1606,6 +1686,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[insee.UniteLegale] | Response[insee.UniteLegaleV3]:
         """A legal unit, public data only.
@@ -1634,6 +1715,7 @@ class InseeResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     @overload
@@ -1647,6 +1729,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[insee.Etablissement]: ...
 
@@ -1661,6 +1744,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[insee.EtablissementV3]: ...
 
@@ -1674,6 +1758,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[insee.Etablissement] | Response[insee.EtablissementV3]:
         """The head office of a legal unit, public data only.
@@ -1710,6 +1795,7 @@ class InseeResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     @overload
@@ -1723,6 +1809,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[insee.Etablissement]: ...
 
@@ -1737,6 +1824,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[insee.EtablissementV3]: ...
 
@@ -1750,6 +1838,7 @@ class InseeResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[insee.Etablissement] | Response[insee.EtablissementV3]:
         """The head office of a legal unit.
@@ -1778,6 +1867,7 @@ class InseeResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -1794,6 +1884,7 @@ class MinistereInterieurResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[ministere_interieur.Association]:
         """An association of the RNA.
@@ -1817,6 +1908,7 @@ class MinistereInterieurResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     async def documents(
@@ -1829,6 +1921,7 @@ class MinistereInterieurResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[ministere_interieur.DocumentAssociationItem, ...]]:
         """Documents filed by an association.
@@ -1854,6 +1947,7 @@ class MinistereInterieurResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -1870,6 +1964,7 @@ class MsaResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[msa.ConformiteCotisations]:
         """Whether an establishment is up to date with MSA.
@@ -1893,6 +1988,7 @@ class MsaResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -1909,6 +2005,7 @@ class OpqibiResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[opqibi.CertificationIngenierie]:
         """The OPQIBI certificate of a legal unit.
@@ -1934,6 +2031,7 @@ class OpqibiResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -1950,6 +2048,7 @@ class ProbtpResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[probtp.AttestationCotisationsRetraite]:
         """Link to the PRO BTP pension certificate of an establishment.
@@ -1975,6 +2074,7 @@ class ProbtpResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     async def conformite_cotisations_retraite(
@@ -1987,6 +2087,7 @@ class ProbtpResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[probtp.ConformiteCotisationsRetraite]:
         """Whether an establishment is up to date with PRO BTP.
@@ -2012,6 +2113,7 @@ class ProbtpResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -2029,6 +2131,7 @@ class QualibatResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[qualibat.CertificationBatiment]: ...
 
@@ -2043,6 +2146,7 @@ class QualibatResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[qualibat.CertificationBatimentV3]: ...
 
@@ -2056,6 +2160,7 @@ class QualibatResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[qualibat.CertificationBatiment] | Response[qualibat.CertificationBatimentV3]:
         """The Qualibat certificate of an establishment.
@@ -2084,6 +2189,7 @@ class QualibatResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -2100,6 +2206,7 @@ class QualifelecResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[qualifelec.CertificatItem, ...]]:
         """Qualifelec certificates of an establishment.
@@ -2123,6 +2230,7 @@ class QualifelecResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -2140,6 +2248,7 @@ class UrssafResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[urssaf.AttestationVigilance]: ...
 
@@ -2154,6 +2263,7 @@ class UrssafResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[urssaf.AttestationVigilanceV3]: ...
 
@@ -2167,6 +2277,7 @@ class UrssafResource(ResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[urssaf.AttestationVigilance] | Response[urssaf.AttestationVigilanceV3]:
         """The URSSAF vigilance certificate of a legal unit.
@@ -2195,6 +2306,7 @@ class UrssafResource(ResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 

@@ -26,6 +26,9 @@ class ResourceGroup:
             for the operation's class, JSON or document).
         max_wait: how long the governor may hold the call back, in seconds
             (``None``: as long as needed; default: the client's).
+        strict: raise :class:`UnexpectedPayloadError` when the answer does not
+            fit its record (default: the client's ``strict``; lenient otherwise,
+            the answer's ``problems`` then say what did not fit).
 
     Methods of endpoints published in several versions also take ``version=``;
     the newest is the default.
@@ -36,6 +39,7 @@ class ResourceGroup:
         MaintenanceWindowError: the operation is in its maintenance window.
         ApiError: the server answered with an error (a subclass per status).
         TransportError: no usable answer.
+        UnexpectedPayloadError: with ``strict``, the answer does not fit its record.
 
     .. versionadded:: 0.1.0
     """

@@ -91,6 +91,15 @@ class Response(Generic[T]):
 
     ``data`` is the typed record when the operation has one, else the parsed
     JSON. ``meta`` and ``links`` are always mappings, empty when absent.
+    ``raw`` is the whole JSON body, exactly as received.
+
+    ``problems`` has one readable line per JSON path of ``data`` whose value
+    did not fit the documented type, naming the path and why (empty when
+    everything fit). Such values are kept in the ``unfit`` mapping of the
+    record holding them; reading their attribute raises
+    :class:`~apientreprise_async.UnfitFieldError`.
+
+    .. versionchanged:: 0.2.0 ``problems``.
     """
 
     data: T
@@ -102,6 +111,7 @@ class Response(Generic[T]):
     rate_limit: RateLimit | None
     request_id: str | None = None
     operation_id: str | None = None
+    problems: tuple[str, ...] = ()
 
     @property
     def cached(self) -> bool | None:

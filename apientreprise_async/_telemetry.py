@@ -32,6 +32,9 @@ class Stats:
         governor_waits: attempts that had to wait for the governor.
         governor_wait_total: seconds spent waiting for it, all attempts together.
         governor: the governor's own counters and per-bucket snapshot.
+        unfit_answers: 2xx answers returned with ``problems`` (not fitting their record).
+        unfit_paths: for each ``"<operation> <JSON path>"`` that did not fit, how many
+            answers had it.
     """
 
     calls: int
@@ -44,6 +47,8 @@ class Stats:
     governor_waits: int
     governor_wait_total: float
     governor: Any = None
+    unfit_answers: int = 0
+    unfit_paths: Mapping[str, int] = attrs.field(factory=dict)
 
 
 class StatsCollector:
@@ -59,6 +64,8 @@ class StatsCollector:
         self.rate_limited = 0
         self.governor_waits = 0
         self.governor_wait_total = 0.0
+        self.unfit_answers = 0
+        self.unfit_paths: collections.Counter[str] = collections.Counter()
 
     def add(self, record: AuditRecord) -> None:
         """Count one record."""
@@ -69,6 +76,9 @@ class StatsCollector:
             self.coalesced += 1
             self.calls += 1
             return
+        if record.unfit_paths:
+            self.unfit_answers += 1
+            self.unfit_paths.update(f"{record.operation_id} {p}" for p in record.unfit_paths)
         self.attempts += 1
         self.outcomes[record.outcome] += 1
         if record.attempt == 1:
@@ -94,6 +104,8 @@ class StatsCollector:
             governor_waits=self.governor_waits,
             governor_wait_total=self.governor_wait_total,
             governor=governor,
+            unfit_answers=self.unfit_answers,
+            unfit_paths=dict(self.unfit_paths),
         )
 
 

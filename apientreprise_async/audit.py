@@ -50,6 +50,8 @@ class AuditRecord:
         attempt: 1 for the first attempt of a call, 2 for its first retry...
         coalesced: the call shared the answer of an identical call in flight.
         request_id: the server's ``X-Request-ID``.
+        unfit_paths: JSON paths of a 2xx answer whose value did not fit the
+            record (list indices folded as ``[]``; the values are not kept here).
     """
 
     timestamp: dt.datetime
@@ -68,12 +70,14 @@ class AuditRecord:
     user: str | None = None
     case: str | None = None
     request_id: str | None = None
+    unfit_paths: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready mapping (timestamp in ISO 8601)."""
         out = attrs.asdict(self)
         out["timestamp"] = self.timestamp.isoformat()
         out["error_codes"] = list(self.error_codes)
+        out["unfit_paths"] = list(self.unfit_paths)
         return out
 
 

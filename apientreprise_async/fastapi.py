@@ -78,6 +78,7 @@ from ._errors import (
     TokenExpiredError,
     TransportError,
     UnavailableForLegalReasonsError,
+    UnexpectedPayloadError,
     ValidationError,
 )
 from ._identifiers import validate_traceability
@@ -336,6 +337,7 @@ def error_response(
     ``AuthorizationError``, other 4xx       502, logged
     ``ProviderError``, other 5xx            502
     ``TransportError``                      504 on a timeout, else 502
+    ``UnexpectedPayloadError``              502 (a lenient client returns the data)
     anything else                           500, logged
     ======================================  ======================================
     """
@@ -389,6 +391,8 @@ def _classify(exc: ApiEntrepriseError) -> _Answer:
         return _Answer(502, "upstream_error", "API Entreprise refused the request.")
     if isinstance(exc, ApiError):  # ProviderError and every other 5xx
         return _Answer(502, "upstream_error", "API Entreprise or its provider failed.")
+    if isinstance(exc, UnexpectedPayloadError):  # not JSON, or a strict client's misfit
+        return _Answer(502, "upstream_error", "API Entreprise sent an answer we cannot read.")
     if isinstance(exc, TransportError):
         if isinstance(exc.__cause__, httpx.TimeoutException):
             return _Answer(504, "upstream_timeout", "API Entreprise did not answer in time.")

@@ -30,6 +30,7 @@ class _Answer:
     http_status = 200
     request_id = None
     data = None
+    problems = ()
 
 
 class FastClient:

@@ -116,6 +116,7 @@ async def test_every_builtin_answer_structures(emulator: Emulator) -> None:
         context="tests",
         object="records",
         check_maintenance=False,
+        strict=True,
     ) as client:
         for endpoint in all_endpoints():
             for values in path_values(endpoint):
@@ -154,6 +155,7 @@ async def test_association_through_the_typed_resource(
         context="tests",
         object="records",
         check_maintenance=False,
+        strict=True,
     ) as client:
         full = await client.djepva.associations(siren_or_rna=association.rna)
         public = await client.djepva.open_data(siren_or_rna=association.siren)

@@ -57,6 +57,7 @@ class Stub:
 def client_for(stub: Stub, **kw: Any) -> AsyncClient:
     limits = Limits(groups=dict.fromkeys(GROUP_LIMITS, 100_000), ip=1_000_000, period=1.0)
     kw.setdefault("check_maintenance", False)
+    kw.setdefault("strict", True)
     return AsyncClient(
         token=TOKEN,
         recipient=RECIPIENT,

@@ -563,7 +563,7 @@ class _Module:
             "",
         ]
         for name, doc, fields in self.classes:
-            out += ["", "@attrs.frozen(kw_only=True)", f"class {name}(Record):"]
+            out += ["", "@attrs.frozen(kw_only=True, repr=False)", f"class {name}(Record):"]
             out += [f'    """{doc}"""', ""]
             out += [f"    {prop}: {annotation}{default}" for prop, annotation, default in fields]
             out.append("")
@@ -652,10 +652,11 @@ COMMON_KW = (
     "        fresh: bool = False,",
     "        timeout: float | None = None,",
     "        max_wait: float | UseDefault | None = USE_DEFAULT,",
+    "        strict: bool | None = None,",
 )
 CALL_KW = (
     "recipient=recipient, context=context, object_=object, "
-    "fresh=fresh, timeout=timeout, max_wait=max_wait"
+    "fresh=fresh, timeout=timeout, max_wait=max_wait, strict=strict"
 )
 
 

@@ -13,7 +13,7 @@ from ._base import Record
 __all__ = ["CertificationRge", "CertificationRgeItem", "Meta", "Qualification"]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Qualification(Record):
     """The ``qualification`` object."""
 
@@ -21,7 +21,7 @@ class Qualification(Record):
     nom: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Meta(Record):
     """The ``meta`` object."""
 
@@ -30,7 +30,7 @@ class Meta(Record):
     archived: bool
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class CertificationRge(Record):
     """RGE certificates held by an establishment."""
 
@@ -45,7 +45,7 @@ class CertificationRge(Record):
     meta: Meta
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class CertificationRgeItem(Record):
     """One entry of a list of :class:`CertificationRge`, with its own links and meta."""
 

@@ -10,7 +10,7 @@ from ._base import Record
 __all__ = ["EntrepriseArtisanale"]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class EntrepriseArtisanale(Record):
     """A craft business in the trades register."""
 

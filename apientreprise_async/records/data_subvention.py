@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class SubventionDemandee(Record):
     """The ``subvention_demandee`` object."""
 
@@ -34,7 +34,7 @@ class SubventionDemandee(Record):
     montant_demande: float
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Aide(Record):
     """The ``aide`` object."""
 
@@ -42,7 +42,7 @@ class Aide(Record):
     modalite: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Projet(Record):
     """The ``projet`` object."""
 
@@ -57,7 +57,7 @@ class Projet(Record):
     cofinanceurs: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class DescriptionDesProjets(Record):
     """The ``description_des_projets`` object."""
 
@@ -65,7 +65,7 @@ class DescriptionDesProjets(Record):
     projet: tuple[Projet, ...]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Instruction(Record):
     """The ``instruction`` object."""
 
@@ -75,7 +75,7 @@ class Instruction(Record):
     montant_accorde: float
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class DemandeSubvention(Record):
     """The ``demande_subvention`` object."""
 
@@ -89,7 +89,7 @@ class DemandeSubvention(Record):
     instruction: Instruction
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Programme(Record):
     """The ``programme`` object."""
 
@@ -99,7 +99,7 @@ class Programme(Record):
     date_mise_a_jour_information: dt.datetime | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Paiement(Record):
     """The ``paiement`` object."""
 
@@ -115,7 +115,7 @@ class Paiement(Record):
     programme: Programme | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Subvention(Record):
     """Grants requested by and paid to an association."""
 
@@ -123,7 +123,7 @@ class Subvention(Record):
     paiements: tuple[Paiement, ...]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class SubventionItem(Record):
     """One entry of a list of :class:`Subvention`, with its own links and meta."""
 

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class AttestationFiscale(Record):
     """Link to the tax compliance certificate of a legal unit."""
 
@@ -46,7 +46,7 @@ class AttestationFiscale(Record):
     date_periode_analysee: dt.date
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class AttestationFiscaleV3(Record):
     """Link to the tax compliance certificate of a legal unit (v3 shape)."""
 
@@ -54,7 +54,7 @@ class AttestationFiscaleV3(Record):
     expires_in: int
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class ChiffreAffaires(Record):
     """Turnover declared by an establishment, per fiscal year."""
 
@@ -62,7 +62,7 @@ class ChiffreAffaires(Record):
     date_fin_exercice: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class ChiffreAffairesItem(Record):
     """One entry of a list of :class:`ChiffreAffaires`, with its own links and meta."""
 
@@ -71,7 +71,7 @@ class ChiffreAffairesItem(Record):
     meta: Mapping[str, Any] | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class ObligationFiscale(Record):
     """The ``obligation_fiscale`` object."""
 
@@ -82,7 +82,7 @@ class ObligationFiscale(Record):
     regime: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Regime(Record):
     """The ``regime`` object."""
 
@@ -90,7 +90,7 @@ class Regime(Record):
     libelle: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Donnee(Record):
     """The ``donnee`` object."""
 
@@ -103,7 +103,7 @@ class Donnee(Record):
     valeurs: tuple[str, ...]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Declaration(Record):
     """The ``declaration`` object."""
 
@@ -116,7 +116,7 @@ class Declaration(Record):
     donnees: tuple[Donnee, ...]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class LiassesFiscales(Record):
     """Tax return forms of a legal unit for one year."""
 
@@ -124,7 +124,7 @@ class LiassesFiscales(Record):
     declarations: tuple[Declaration, ...]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class DateNaissance(Record):
     """The ``date_naissance`` object."""
 
@@ -132,7 +132,7 @@ class DateNaissance(Record):
     mois: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class PersonnePhysiqueAttributes(Record):
     """The ``personne_physique_attributes`` object."""
 
@@ -142,7 +142,7 @@ class PersonnePhysiqueAttributes(Record):
     date_naissance: DateNaissance
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class PersonneMoraleAttributes(Record):
     """The ``personne_morale_attributes`` object."""
 
@@ -152,7 +152,7 @@ class PersonneMoraleAttributes(Record):
     forme_juridique: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Adresse(Record):
     """The ``adresse`` object."""
 
@@ -164,7 +164,7 @@ class Adresse(Record):
     pays: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Actionnaire(Record):
     """The ``actionnaire`` object."""
 
@@ -176,7 +176,7 @@ class Actionnaire(Record):
     adresse: Adresse
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class PersonnesPhysiques(Record):
     """The ``personnes_physiques`` object."""
 
@@ -184,7 +184,7 @@ class PersonnesPhysiques(Record):
     nombre: float | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Repartition(Record):
     """The ``repartition`` object."""
 
@@ -192,7 +192,7 @@ class Repartition(Record):
     personnes_morales: PersonnesPhysiques
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Capital(Record):
     """The ``capital`` object."""
 
@@ -201,7 +201,7 @@ class Capital(Record):
     depose_neant: bool | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class FilialeAdresse(Record):
     """The ``adresse`` object."""
 
@@ -213,7 +213,7 @@ class FilialeAdresse(Record):
     pays: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Filiale(Record):
     """The ``filiale`` object."""
 
@@ -225,7 +225,7 @@ class Filiale(Record):
     adresse: FilialeAdresse
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Participations(Record):
     """The ``participations`` object."""
 
@@ -234,7 +234,7 @@ class Participations(Record):
     depose_neant: bool
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class LiensCapitalistiques(Record):
     """Shareholders and holdings of a legal unit for one year."""
 

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class FormeJuridique(Record):
     """The ``forme_juridique`` object."""
 
@@ -42,7 +42,7 @@ class FormeJuridique(Record):
     libelle: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class AdresseSiege(Record):
     """The ``adresse_siege`` object."""
 
@@ -56,7 +56,7 @@ class AdresseSiege(Record):
     commune: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class AlsaceMoselle(Record):
     """The ``alsace_moselle`` object."""
 
@@ -66,7 +66,7 @@ class AlsaceMoselle(Record):
     date_publication_registre_association: dt.date | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class CompositionReseau(Record):
     """The ``composition_reseau`` object."""
 
@@ -80,7 +80,7 @@ class CompositionReseau(Record):
     site_web: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Agrement(Record):
     """The ``agrement`` object."""
 
@@ -92,7 +92,7 @@ class Agrement(Record):
     url: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class ActivitePrincipale(Record):
     """The ``activite_principale`` object."""
 
@@ -101,7 +101,7 @@ class ActivitePrincipale(Record):
     annee: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Activites(Record):
     """The ``activites`` object."""
 
@@ -115,7 +115,7 @@ class Activites(Record):
     date_appartenance_ess: dt.date | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Adresse(Record):
     """The ``adresse`` object."""
 
@@ -129,7 +129,7 @@ class Adresse(Record):
     commune: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class NombreAdherents(Record):
     """The ``nombre_adherents`` object."""
 
@@ -138,7 +138,7 @@ class NombreAdherents(Record):
     total: int
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Rhs(Record):
     """The ``rhs`` object."""
 
@@ -152,7 +152,7 @@ class Rhs(Record):
     nombre_adherents: NombreAdherents
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Compte(Record):
     """The ``compte`` object."""
 
@@ -167,7 +167,7 @@ class Compte(Record):
     total_produits: float
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class RepresentantLegal(Record):
     """The ``representant_legal`` object."""
 
@@ -181,7 +181,7 @@ class RepresentantLegal(Record):
     courriel: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class DocumentDac(Record):
     """The ``document_dac`` object."""
 
@@ -195,7 +195,7 @@ class DocumentDac(Record):
     url: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Etablissement(Record):
     """The ``etablissement`` object."""
 
@@ -216,7 +216,7 @@ class Etablissement(Record):
     documents_dac: tuple[DocumentDac, ...]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class NombreLicencies(Record):
     """The ``nombre_licencies`` object."""
 
@@ -225,7 +225,7 @@ class NombreLicencies(Record):
     total: int | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class ReseauAffiliation(Record):
     """The ``reseau_affiliation`` object."""
 
@@ -241,7 +241,7 @@ class ReseauAffiliation(Record):
     nombre_licencies: NombreLicencies
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class SousType(Record):
     """The ``sous_type`` object."""
 
@@ -249,7 +249,7 @@ class SousType(Record):
     libelle: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class DocumentRna(Record):
     """The ``document_rna`` object."""
 
@@ -261,7 +261,7 @@ class DocumentRna(Record):
     url: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Association(Record):
     """An association, with its establishments and documents."""
 
@@ -294,7 +294,7 @@ class Association(Record):
     documents_rna: tuple[DocumentRna, ...]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class AssociationOpenDataEtablissement(Record):
     """The ``etablissement`` object."""
 
@@ -313,7 +313,7 @@ class AssociationOpenDataEtablissement(Record):
     comptes: tuple[Compte, ...]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class AssociationOpenData(Record):
     """The public data of an association."""
 

@@ -13,7 +13,7 @@ from ._base import Record
 __all__ = ["ConventionCollective", "ConventionCollectiveItem"]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class ConventionCollective(Record):
     """Collective agreements that apply to an establishment."""
 
@@ -28,7 +28,7 @@ class ConventionCollective(Record):
     date_publication: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class ConventionCollectiveItem(Record):
     """One entry of a list of :class:`ConventionCollective`, with its own links and meta."""
 

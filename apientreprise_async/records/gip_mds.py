@@ -10,7 +10,7 @@ from ._base import Record
 __all__ = ["EffectifAnnuel", "EffectifMensuel", "EffectifsAnnuels", "EffectifsMensuels"]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class EffectifAnnuel(Record):
     """The ``effectif_annuel`` object."""
 
@@ -20,7 +20,7 @@ class EffectifAnnuel(Record):
     date_derniere_mise_a_jour: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class EffectifsAnnuels(Record):
     """Yearly headcount of a legal unit."""
 
@@ -29,7 +29,7 @@ class EffectifsAnnuels(Record):
     effectifs_annuel: tuple[EffectifAnnuel, ...]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class EffectifMensuel(Record):
     """The ``effectif_mensuel`` object."""
 
@@ -41,7 +41,7 @@ class EffectifMensuel(Record):
     date_derniere_mise_a_jour: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class EffectifsMensuels(Record):
     """Monthly headcount of an establishment."""
 

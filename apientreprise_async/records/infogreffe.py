@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class ExtraitKbisMandataireSocial(Record):
     """The ``mandataire_social`` object."""
 
@@ -40,7 +40,7 @@ class ExtraitKbisMandataireSocial(Record):
     raison_sociale: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Observation(Record):
     """The ``observation`` object."""
 
@@ -49,7 +49,7 @@ class Observation(Record):
     date: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class EtablissementPrincipal(Record):
     """The ``etablissement_principal`` object."""
 
@@ -59,7 +59,7 @@ class EtablissementPrincipal(Record):
     code_ape: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Capital(Record):
     """The ``capital`` object."""
 
@@ -68,7 +68,7 @@ class Capital(Record):
     code_devise: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Greffe(Record):
     """The ``greffe`` object."""
 
@@ -76,7 +76,7 @@ class Greffe(Record):
     code: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Adresse(Record):
     """The ``adresse`` object."""
 
@@ -92,7 +92,7 @@ class Adresse(Record):
     pays: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Nationalite(Record):
     """The ``nationalite`` object."""
 
@@ -100,7 +100,7 @@ class Nationalite(Record):
     code: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Naissance(Record):
     """The ``naissance`` object."""
 
@@ -109,7 +109,7 @@ class Naissance(Record):
     lieu: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class PersonnePhysique(Record):
     """The ``personne_physique`` object."""
 
@@ -120,7 +120,7 @@ class PersonnePhysique(Record):
     naissance: Naissance
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class PersonneMorale(Record):
     """The ``personne_morale`` object."""
 
@@ -130,7 +130,7 @@ class PersonneMorale(Record):
     date_fin_de_vie: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class ExtraitKbis(Record):
     """The trade register extract (Kbis data) of a legal unit."""
 
@@ -148,7 +148,7 @@ class ExtraitKbis(Record):
     personne_morale: PersonneMorale
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class MandataireSocial(Record):
     """Officers of a legal unit, people and companies."""
 
@@ -169,7 +169,7 @@ class MandataireSocial(Record):
     libelle_greffe: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class MandataireSocialItem(Record):
     """One entry of a list of :class:`MandataireSocial`, with its own links and meta."""
 

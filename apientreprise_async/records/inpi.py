@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class TypeActe(Record):
     """The ``type_acte`` object."""
 
@@ -55,7 +55,7 @@ class TypeActe(Record):
     type_decision: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Acte(Record):
     """The ``acte`` object."""
 
@@ -67,7 +67,7 @@ class Acte(Record):
     url: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Bilan(Record):
     """The ``bilan`` object."""
 
@@ -80,7 +80,7 @@ class Bilan(Record):
     url: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class ActesBilans(Record):
     """Deeds and balance sheets filed at the RNE."""
 
@@ -88,7 +88,7 @@ class ActesBilans(Record):
     bilans: tuple[Bilan, ...]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class DateNaissance(Record):
     """The ``date_naissance`` object."""
 
@@ -96,7 +96,7 @@ class DateNaissance(Record):
     mois: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class PartsDirectes(Record):
     """The ``parts_directes`` object."""
 
@@ -105,7 +105,7 @@ class PartsDirectes(Record):
     nue_propriete: float
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class ParIndivision(Record):
     """The ``par_indivision`` object."""
 
@@ -114,7 +114,7 @@ class ParIndivision(Record):
     nue_propriete: float
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class PartsIndirectes(Record):
     """The ``parts_indirectes`` object."""
 
@@ -123,7 +123,7 @@ class PartsIndirectes(Record):
     via_personnes_morales: ParIndivision
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class DetentionDeCapital(Record):
     """The ``detention_de_capital`` object."""
 
@@ -132,7 +132,7 @@ class DetentionDeCapital(Record):
     parts_indirectes: PartsIndirectes
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class VocationADevenirTitulaireDePartsPartsDirectes(Record):
     """The ``parts_directes`` object."""
 
@@ -140,7 +140,7 @@ class VocationADevenirTitulaireDePartsPartsDirectes(Record):
     nue_propriete: float
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class VocationADevenirTitulaireDePartsPartsIndirectes(Record):
     """The ``parts_indirectes`` object."""
 
@@ -148,7 +148,7 @@ class VocationADevenirTitulaireDePartsPartsIndirectes(Record):
     via_personnes_morales: ParIndivision
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class VocationADevenirTitulaireDeParts(Record):
     """The ``vocation_a_devenir_titulaire_de_parts`` object."""
 
@@ -156,7 +156,7 @@ class VocationADevenirTitulaireDeParts(Record):
     parts_indirectes: VocationADevenirTitulaireDePartsPartsIndirectes
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Directes(Record):
     """The ``directes`` object."""
 
@@ -166,7 +166,7 @@ class Directes(Record):
     usufruit: float
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class IndirectesParIndivision(Record):
     """The ``par_indivision`` object."""
 
@@ -176,7 +176,7 @@ class IndirectesParIndivision(Record):
     usufruit: float
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Indirectes(Record):
     """The ``indirectes`` object."""
 
@@ -185,7 +185,7 @@ class Indirectes(Record):
     via_personnes_morales: IndirectesParIndivision
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class DroitsDeVote(Record):
     """The ``droits_de_vote`` object."""
 
@@ -194,7 +194,7 @@ class DroitsDeVote(Record):
     indirectes: Indirectes
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class PouvoirsDeControle(Record):
     """The ``pouvoirs_de_controle`` object."""
 
@@ -203,7 +203,7 @@ class PouvoirsDeControle(Record):
     autres: bool
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Modalites(Record):
     """The ``modalites`` object."""
 
@@ -215,7 +215,7 @@ class Modalites(Record):
     representant_legal_placement_sans_gestion_deleguee: bool
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class BeneficiaireEffectif(Record):
     """Beneficial owners of a legal unit."""
 
@@ -229,7 +229,7 @@ class BeneficiaireEffectif(Record):
     modalites: Modalites
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class BeneficiaireEffectifItem(Record):
     """One entry of a list of :class:`BeneficiaireEffectif`, with its own links and meta."""
 
@@ -238,7 +238,7 @@ class BeneficiaireEffectifItem(Record):
     meta: Mapping[str, Any] | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Dissolution(Record):
     """The ``dissolution`` object."""
 
@@ -247,7 +247,7 @@ class Dissolution(Record):
     avec_liquidation: bool | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class FormeJuridique(Record):
     """The ``forme_juridique`` object."""
 
@@ -255,7 +255,7 @@ class FormeJuridique(Record):
     libelle: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class CodeAPRM(Record):
     """The ``code_APRM`` object."""
 
@@ -263,7 +263,7 @@ class CodeAPRM(Record):
     libelle: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class CapitalSocial(Record):
     """The ``capital_social`` object."""
 
@@ -271,7 +271,7 @@ class CapitalSocial(Record):
     devise: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class AdresseSiegeSocial(Record):
     """The ``adresse_siege_social`` object."""
 
@@ -282,7 +282,7 @@ class AdresseSiegeSocial(Record):
     complement: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class IdentiteEntreprise(Record):
     """The ``identite_entreprise`` object."""
 
@@ -307,7 +307,7 @@ class IdentiteEntreprise(Record):
     adresse_siege_social: AdresseSiegeSocial
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class DirigeantEtAssocie(Record):
     """The ``dirigeant_et_associe`` object."""
 
@@ -318,7 +318,7 @@ class DirigeantEtAssocie(Record):
     commune_residence: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class CodeAPE(Record):
     """The ``code_APE`` object."""
 
@@ -326,7 +326,7 @@ class CodeAPE(Record):
     libelle: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Adresse(Record):
     """The ``adresse`` object."""
 
@@ -337,7 +337,7 @@ class Adresse(Record):
     complement: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Etablissement(Record):
     """The ``etablissement`` object."""
 
@@ -353,7 +353,7 @@ class Etablissement(Record):
     statut: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Observation(Record):
     """The ``observation`` object."""
 
@@ -363,7 +363,7 @@ class Observation(Record):
     texte: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class ExtraitRne(Record):
     """The RNE extract of a legal unit."""
 

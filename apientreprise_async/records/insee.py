@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class ActivitePrincipale(Record):
     """The ``activite_principale`` object."""
 
@@ -37,7 +37,7 @@ class ActivitePrincipale(Record):
     nomenclature: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class TrancheEffectifSalarie(Record):
     """The ``tranche_effectif_salarie`` object."""
 
@@ -48,7 +48,7 @@ class TrancheEffectifSalarie(Record):
     a: int | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class PersonneMoraleAttributs(Record):
     """The ``personne_morale_attributs`` object."""
 
@@ -56,7 +56,7 @@ class PersonneMoraleAttributs(Record):
     sigle: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class PersonnePhysiqueAttributs(Record):
     """The ``personne_physique_attributs`` object."""
 
@@ -71,7 +71,7 @@ class PersonnePhysiqueAttributs(Record):
     sexe: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class FormeJuridique(Record):
     """The ``forme_juridique`` object."""
 
@@ -79,7 +79,7 @@ class FormeJuridique(Record):
     libelle: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class EtablissementUniteLegale(Record):
     """The ``unite_legale`` object."""
 
@@ -101,7 +101,7 @@ class EtablissementUniteLegale(Record):
     activite_principale_naf_rev2: ActivitePrincipale
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class AcheminementPostal(Record):
     """The ``acheminement_postal`` object."""
 
@@ -114,7 +114,7 @@ class AcheminementPostal(Record):
     l7: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Adresse(Record):
     """The ``adresse`` object."""
 
@@ -136,7 +136,7 @@ class Adresse(Record):
     acheminement_postal: AcheminementPostal
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Etablissement(Record):
     """An establishment of the Sirene directory."""
 
@@ -155,7 +155,7 @@ class Etablissement(Record):
     activite_principale_naf_rev2: ActivitePrincipale
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class UniteLegale(Record):
     """A legal unit of the Sirene directory."""
 
@@ -178,7 +178,7 @@ class UniteLegale(Record):
     date_cessation: int | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class EtablissementV3UniteLegale(Record):
     """The ``unite_legale`` object."""
 
@@ -199,7 +199,7 @@ class EtablissementV3UniteLegale(Record):
     date_creation: int | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class EtablissementV3(Record):
     """An establishment of the Sirene directory (v3 shape)."""
 
@@ -217,7 +217,7 @@ class EtablissementV3(Record):
     date_creation: int | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Predecesseur(Record):
     """The ``predecesseur`` object."""
 
@@ -227,7 +227,7 @@ class Predecesseur(Record):
     continuite_economique: bool | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Successions(Record):
     """Predecessors and successors of an establishment."""
 
@@ -235,7 +235,7 @@ class Successions(Record):
     successeurs: tuple[Predecesseur, ...]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class UniteLegaleV3(Record):
     """A legal unit of the Sirene directory (v3 shape)."""
 

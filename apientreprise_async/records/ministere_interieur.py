@@ -13,7 +13,7 @@ from ._base import Record
 __all__ = ["AdresseSiege", "Association", "DocumentAssociation", "DocumentAssociationItem"]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class AdresseSiege(Record):
     """The ``adresse_siege`` object."""
 
@@ -27,7 +27,7 @@ class AdresseSiege(Record):
     commune: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Association(Record):
     """An association of the RNA."""
 
@@ -46,7 +46,7 @@ class Association(Record):
     mise_a_jour: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class DocumentAssociation(Record):
     """Documents filed by an association."""
 
@@ -57,7 +57,7 @@ class DocumentAssociation(Record):
     errors: tuple[str, ...]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class DocumentAssociationItem(Record):
     """One entry of a list of :class:`DocumentAssociation`, with its own links and meta."""
 

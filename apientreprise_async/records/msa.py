@@ -10,7 +10,7 @@ from ._base import Record
 __all__ = ["ConformiteCotisations"]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class ConformiteCotisations(Record):
     """Whether an establishment is up to date with MSA."""
 

@@ -10,7 +10,7 @@ from ._base import Record
 __all__ = ["CertificationIngenierie", "Qualification"]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Qualification(Record):
     """The ``qualification`` object."""
 
@@ -20,7 +20,7 @@ class Qualification(Record):
     rge: bool | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class CertificationIngenierie(Record):
     """The OPQIBI certificate of a legal unit."""
 

@@ -12,7 +12,7 @@ from ._base import Record
 __all__ = ["AttestationVigilance", "AttestationVigilanceV3", "EntityStatus"]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class EntityStatus(Record):
     """The ``entity_status`` object."""
 
@@ -21,7 +21,7 @@ class EntityStatus(Record):
     description: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class AttestationVigilance(Record):
     """The URSSAF vigilance certificate of a legal unit."""
 
@@ -33,7 +33,7 @@ class AttestationVigilance(Record):
     document_url_expires_in: int | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class AttestationVigilanceV3(Record):
     """The URSSAF vigilance certificate of a legal unit (v3 shape)."""
 
