@@ -38,6 +38,7 @@ from ._errors import (
     TokenExpiredError,
     TransportError,
     UnexpectedPayloadError,
+    _NotAnEnvelope,
     error_from_response,
 )
 from ._gen_resources import Resources
@@ -60,6 +61,24 @@ _warned_expiry: set[tuple[str, int]] = set()
 _logged_drift: set[tuple[str, str]] = set()
 _INDEX = re.compile(r"\[\d+\]")
 _WITHOUT_VALUE = re.compile(r"(, got \w+) .*$")
+
+
+def _received(
+    answer: httpx.Response, raw: Any, rate_limit: Any, op_id: str | None
+) -> Response[Any]:
+    """What came with a 2xx that is not a JSON object, kept for the error raised about it."""
+    return Response(
+        data=None,
+        links={},
+        meta={},
+        raw=raw,
+        http_status=answer.status_code,
+        headers=answer.headers,
+        rate_limit=rate_limit,
+        request_id=answer.headers.get("x-request-id"),
+        operation_id=op_id,
+        problems=("the body is not a JSON object @ $",),
+    )
 
 
 def _drift_path(problem: str) -> str:
@@ -1110,13 +1129,11 @@ class AsyncClient(Resources):
         except ValueError:
             body = None
             if answer.is_success:
-                received = self._response(endpoint, None, answer.text, answer, rate_limit)
-                raise UnexpectedPayloadError(
+                raise _NotAnEnvelope(
                     f"HTTP {answer.status_code} with a body that is not JSON",
-                    problems=("the body is not JSON @ $",),
                     url=url,
                     operation_id=op_id,
-                    response=received,
+                    response=_received(answer, answer.text, rate_limit, op_id),
                 ) from None
         if not answer.is_success:
             raise error_from_response(
@@ -1130,11 +1147,14 @@ class AsyncClient(Resources):
                 request_id=request_id,
                 now=time.time(),
             )
-        if isinstance(body, dict):
-            return self._response(endpoint, body.get("data"), body, answer, rate_limit)
-        # Valid JSON, but no envelope: the caller still gets it, with the problem named.
-        problem = f"expected an object, got {type(body).__name__} {body!r:.40} @ $"
-        return self._response(endpoint, None, body, answer, rate_limit, (problem,))
+        if not isinstance(body, dict):
+            raise _NotAnEnvelope(
+                f"HTTP {answer.status_code} with a JSON body that is not an object",
+                url=url,
+                operation_id=op_id,
+                response=_received(answer, body, rate_limit, op_id),
+            )
+        return self._response(endpoint, body.get("data"), body, answer, rate_limit)
 
     def _response(
         self,

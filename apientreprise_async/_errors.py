@@ -374,7 +374,9 @@ class UnexpectedPayloadError(ApiEntrepriseError):
             status, headers, rate limit, request id; ``data`` is the lenient
             record when the body was JSON, else ``None``). ``None`` only when
             the error is about a value read later, not about an answer.
-        http_status, request_id, headers, rate_limit: the same, from ``response``.
+        http_status, request_id, headers, rate_limit: the same, from ``response``
+            (``http_status`` is ``None`` when the body is not a JSON object: that
+            error is also a :class:`TransportError`, as the DINUM specification asks).
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 ``response``: what was received travels with the error.
@@ -389,31 +391,40 @@ class UnexpectedPayloadError(ApiEntrepriseError):
         url: str = "",
         response: Response[Any] | None = None,
     ) -> None:
+        # First: in _NotAnEnvelope the next class is TransportError, which sets defaults.
+        super().__init__(message)
         self.problems = tuple(problems)
         self.operation_id = operation_id
         self.url = url
         self.response = response
-        super().__init__(message)
+        self.http_status: int | None = None if response is None else response.http_status
+        self.request_id: str | None = None if response is None else response.request_id
+        self.headers: Mapping[str, str] = {} if response is None else response.headers
+        self.rate_limit: RateLimit | None = None if response is None else response.rate_limit
 
-    @property
-    def http_status(self) -> int | None:
-        """The answer's status (``None`` without a response)."""
-        return None if self.response is None else self.response.http_status
 
-    @property
-    def request_id(self) -> str | None:
-        """The server's ``X-Request-ID`` of the answer."""
-        return None if self.response is None else self.response.request_id
+class _NotAnEnvelope(UnexpectedPayloadError, TransportError):
+    """A 2xx whose body is not a JSON object: no usable answer, yet what came is kept.
 
-    @property
-    def headers(self) -> Mapping[str, str]:
-        """The answer's headers (empty without a response)."""
-        return {} if self.response is None else self.response.headers
+    A :class:`TransportError` as the DINUM specification asks (``http_status``
+    is ``None``), and an :class:`UnexpectedPayloadError` whose ``response``
+    holds the body as received (text when not JSON), the real status and headers.
+    """
 
-    @property
-    def rate_limit(self) -> RateLimit | None:
-        """The answer's ``RateLimit-*`` headers."""
-        return None if self.response is None else self.response.rate_limit
+    def __init__(
+        self, message: str, *, url: str, operation_id: str | None, response: Response[Any]
+    ) -> None:
+        UnexpectedPayloadError.__init__(
+            self,
+            message,
+            problems=("the body is not a JSON object @ $",),
+            operation_id=operation_id,
+            url=url,
+            response=response,
+        )
+        self.method = "GET"
+        self.errors: list[Any] = []
+        self.http_status = None  # no usable answer; the status is in .response
 
 
 class UnfitFieldError(UnexpectedPayloadError, AttributeError):
