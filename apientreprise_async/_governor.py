@@ -77,6 +77,11 @@ _MAX_PAUSE = 3600.0
 #: after which its configured limit is trusted (a server or a stub that never sends them).
 _BLIND_PROBES = 3
 _INF = math.inf
+#: How fast our clock and the server's may drift apart, seconds per second (NTP's
+#: largest slew, 500 ppm): a bound on their offset loosens by that much as it ages.
+_DRIFT = 5e-4
+#: A ``RateLimit-Reset`` above this is an epoch; below, delta-seconds (the RFC draft).
+_EPOCH_RESET = 1e9
 
 
 def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -334,9 +339,9 @@ def _lower(headers: Mapping[str, str]) -> Mapping[str, str]:
 
 
 def _retry_after(headers: Mapping[str, str], wall_now: float) -> float | None:
-    rate_limit = parse_rate_limit(headers)
-    seconds = retry_after_seconds(headers, rate_limit, None, wall_now)
-    if seconds is None and rate_limit is None:
+    """``Retry-After`` alone, in seconds (``RateLimit-Reset`` is read on the server's clock)."""
+    seconds = retry_after_seconds(headers, None, None, wall_now)
+    if seconds is None:
         value = headers.get("retry-after")
         if value:
             try:
@@ -344,6 +349,64 @@ def _retry_after(headers: Mapping[str, str], wall_now: float) -> float | None:
             except (TypeError, ValueError, IndexError, OverflowError):
                 seconds = None
     return seconds
+
+
+class _ServerClock:
+    """What the answers prove about the server's clock: bounds on its offset to ours.
+
+    The offset is the server's epoch less our anyio clock. A call sent at
+    ``s`` and answered at ``r`` arrived at some ``a`` in ``[s, r]``; if the
+    window that counted it is ``[reset - period, reset)`` on the server's
+    clock, then ``reset - period <= a + offset < reset``, so::
+
+        reset - period - r <= offset < reset - s
+
+    ``Date`` (whole seconds, stamped between the arrival and the answer) gives
+    ``date - r <= offset < date + 1 - s``. Each answer's bounds hold on their
+    own, so the tightest ones seen are kept; under load some call lands just
+    after its window opens and is answered at once, and the lower bound comes
+    within a round trip of the truth. Safety needs only the lower bound: the
+    window ends on our clock at ``reset - offset``, hence no later than
+    ``reset - low``.
+
+    Clocks drift (NTP slews a clock by at most 500 ppm): a bound loses
+    ``_DRIFT`` seconds per second of age. A clock that steps, or an answer
+    with a nonsensical ``Reset``, shows as bounds that contradict the others:
+    the estimate then widens to allow both (the lower of the two lower
+    bounds), and later answers tighten it again. The margin covers a step no
+    answer has shown yet.
+    """
+
+    __slots__ = ("high", "high_at", "low", "low_at")
+
+    def __init__(self) -> None:
+        self.low = -_INF
+        self.low_at = 0.0
+        self.high = _INF
+        self.high_at = 0.0
+
+    def lower(self, now: float) -> float:
+        """The lower bound in force at ``now`` (``-inf``: nothing known)."""
+        return self.low - _DRIFT * (now - self.low_at)
+
+    def learn(self, low: float, high: float, now: float) -> float:
+        """Take one answer's bounds; return the lower bound now in force."""
+        current_low = self.lower(now)
+        current_high = self.high + _DRIFT * (now - self.high_at)
+        if low > current_high or high < current_low:
+            # Bounds that contradict each other: a clock stepped, or an answer lies
+            # (a Reset far off). Keep what both allow, the safe side of each.
+            if low < current_low:
+                self.low, self.low_at = low, now
+            if high > current_high:
+                self.high, self.high_at = high, now
+            return min(low, current_low)
+        if low > current_low:
+            self.low, self.low_at = low, now
+            current_low = low
+        if high < current_high:
+            self.high, self.high_at = high, now
+        return current_low
 
 
 class Permit:
@@ -359,9 +422,11 @@ class Permit:
         "_feedback",
         "_governor",
         "_grant",
+        "_lower_to",
         "_max_wait",
         "_route",
         "_sent",
+        "_sent_at",
         "_token",
     )
 
@@ -374,8 +439,11 @@ class Permit:
         self._max_wait = max_wait
         self._grant: Grant | None = None
         self._sent = False
+        self._sent_at = -_INF
         self._answered: float | None = None
         self._feedback: Feedback | None = None
+        # A 429 that told nothing: the bucket's limit goes down to this (see _lower_limit).
+        self._lower_to: int | None = None
         # The route of a grant taken on the hot path, whose queues then need no lookup.
         self._route: _Route | None = None
 
@@ -444,6 +512,8 @@ class Permit:
             changed = learned is not None and learned is not Learned.SAME
             if learned is not None and changed and feedback is not None:
                 await governor._learned(memory, self, grant, learned, feedback)
+        if self._lower_to is not None:
+            await governor._lower_limit(grant, self._lower_to)
         if (
             route is None
             or route.requests is not grant.requests
@@ -474,6 +544,7 @@ class Permit:
         if memory is None or memory._paused_any != -_INF:
             self._check_pauses(grant)
         self._sent = True
+        self._sent_at = current_time()
 
     def _check_pauses(self, grant: Grant) -> None:
         backend = self._governor._backend
@@ -501,37 +572,39 @@ class Permit:
         self._answered = now
         headers = _lower(headers)
         rate_limit = parse_window(headers)
-        wall_now: float | None = None
+        limits = governor.limits
+        slack = limits.period * limits.margin
+        feedback: Feedback | None = None
         if rate_limit is not None:
-            wall_now = governor._wall_clock()
-            reset = rate_limit.reset_epoch
-            # The API sends an epoch; a small number can only be delta-seconds (the RFC draft).
-            in_seconds = reset - wall_now if reset > 1e9 else reset
-            limits = governor.limits
-            in_seconds = min(in_seconds, limits.period)
-            slack = limits.period * limits.margin
-            # The window opened a period before its reset (a margin earlier, to be safe).
-            opened = now + in_seconds - limits.period - slack
-            self._feedback = Feedback(
+            # The end of the server window that counted this call, on our clock (at the latest).
+            ends = governor._window_end(rate_limit.reset_epoch, headers, self._sent_at, now)
+            # The window opened a period before its end (a margin earlier, to be safe).
+            opened = ends - limits.period - slack
+            feedback = self._feedback = Feedback(
                 rate_limit.limit,
                 # A 429: the window counted at least one call past its limit.
                 -1 if status == 429 else rate_limit.remaining,
-                now + in_seconds + slack,
+                ends + slack,
                 opened,
                 opened + limits.hold,
             )
         if status == 429:
             governor._rate_limited += 1
-            if wall_now is None:
-                wall_now = governor._wall_clock()
-            seconds = _retry_after(headers, wall_now)
-            limits = governor.limits
-            if seconds is None:
-                seconds = limits.period
-            pause = min(seconds, _MAX_PAUSE) + limits.period * limits.margin
             grant = self._grant
+            seconds = _retry_after(headers, governor._wall_clock())
+            until = -_INF
+            if seconds is not None:
+                until = now + min(seconds, _MAX_PAUSE) + slack
+            if feedback is not None:
+                # Until the refusing window has surely ended, whatever Retry-After says.
+                until = max(until, feedback.reset_at)
+            if until == -_INF:
+                # Nothing tells which window refused the call, or what it counted.
+                until = now + limits.period + slack
+                if grant is not None and parse_rate_limit(headers) is None:
+                    self._lower_to = governor._counted(grant)
             if grant is not None:
-                governor._backend.pause(grant.requests[0].key, now + pause)
+                governor._backend.pause(grant.requests[0].key, until)
 
 
 class Governor:
@@ -571,6 +644,9 @@ class Governor:
             else None
         )
         self._wall_clock = wall_clock
+        self._server_clock = _ServerClock()
+        self._date_text = ""  # the last Date header read, and its value
+        self._date_value: float | None = None
         self._routes: dict[tuple[str, str], _Route] = {}
         self._logged: set[str] = set()
         self._grants = 0
@@ -638,6 +714,44 @@ class Governor:
             for key, state in backend.snapshot().items()
         }
         return GovernorSnapshot(current_time(), buckets, self.counters)
+
+    def _window_end(
+        self, reset: float, headers: Mapping[str, str], sent: float, now: float
+    ) -> float:
+        """The latest time, on our clock, at which the window that counted a call ends.
+
+        ``reset`` is that window's ``RateLimit-Reset``: delta-seconds counted
+        from the answer (which left the server before we read it), or an epoch
+        on the server's clock, mapped onto ours with the lower bound of the
+        offset (:class:`_ServerClock`). Never later than a period after the
+        answer: the window opened before the call arrived.
+        """
+        period = self._limits.period
+        if reset <= _EPOCH_RESET:
+            return now + min(reset, period)
+        low = reset - period - now
+        high = reset - sent
+        date = self._date(headers.get("date"))
+        if date is not None and date - now <= high and date + 1.0 - sent >= low:
+            low = max(low, date - now)
+            high = min(high, date + 1.0 - sent)
+        offset = self._server_clock.learn(low, high, now)
+        return min(reset - offset, now + period)
+
+    def _date(self, value: str | None) -> float | None:
+        """A ``Date`` header as an epoch (cached: it changes once a second)."""
+        if value is None:
+            return None
+        if value != self._date_text:
+            self._date_text = value
+            self._date_value = None
+            # One comma: a single HTTP-date (two Date headers, joined, are ignored).
+            if value.count(",") == 1:
+                try:
+                    self._date_value = parsedate_to_datetime(value).timestamp()
+                except (TypeError, ValueError, IndexError, OverflowError):
+                    pass
+        return self._date_value
 
     def _queued(self, key: str) -> int:
         queue = self._queues.get(key)
@@ -849,7 +963,42 @@ class Governor:
             await self._learned(backend, permit, grant, learned, feedback)
         if feedback is None and permit._answered is not None and grant.probing[0]:
             self._blind_probe(permit, grant)
+        if permit._lower_to is not None:
+            await self._lower_limit(grant, permit._lower_to)
         self._wake_heads(grant, end, changed)
+
+    def _counted(self, grant: Grant) -> int:
+        """Calls of ``grant``'s bucket answered within a period: what a window may have counted.
+
+        Read when a 429 says nothing else (no ``Retry-After``, no ``RateLimit-*``):
+        the window that refused the call counted at most these before it, so the
+        real limit is at most that many.
+        """
+        state = self._backend.snapshot().get(grant.requests[0].key)
+        if state is None:
+            return grant.requests[0].limit
+        return max(1, state.occupied - state.open)
+
+    async def _lower_limit(self, grant: Grant, counted: int) -> None:
+        """Lower the bucket's limit after a 429 that told nothing (see :meth:`_counted`).
+
+        The bucket is paused a full period already; from then on it sends no
+        more per period than the refusing window took, instead of the guess
+        that drew the 429 (a window over the limit again would be a ban).
+        """
+        request = grant.requests[0]
+        state = self._backend.snapshot().get(request.key)
+        if state is None or counted >= state.limit:
+            return
+        until = self._backend.paused_until(request.key)
+        await self._backend.seed(request, Feedback(counted, 0, until))
+        _logger.warning(
+            "bucket %s: a 429 without Retry-After or RateLimit headers; "
+            "limit lowered from %d to %d calls per period",
+            request.key,
+            state.limit,
+            counted,
+        )
 
     def _blind_probe(self, permit: Permit, grant: Grant) -> None:
         """A slow-start probe was answered without usable ``RateLimit-*`` headers.

@@ -289,13 +289,12 @@ class _Bucket:
             left = self.cap_left
             if left <= 0:
                 when = max(when, self.cap_until)
-            elif self.open:
-                endgame = self.limit * _ENDGAME + 1
-                if self.outside:
-                    endgame += self.out_burst  # room for a burst by the others
+            elif self.open and self.outside:
+                # Others use the token: the window's last slots may be theirs already.
+                endgame = self.limit * _ENDGAME + 1 + self.out_burst
                 age = now - self.cap_at
                 # Others may have called since the answer that set the cap.
-                stale = self.outside_rate() * age if self.outside else 0.0
+                stale = self.outside_rate() * age
                 if age > _ENDGAME * self.out_span > 0:
                     stale = max(stale, endgame)  # too old a word: ask again first
                 if left - stale <= endgame or 2 * stale > endgame:
@@ -344,9 +343,21 @@ class _Bucket:
             self.known.add(op)
             self.probing.discard(op)
         self.watch(feedback, now)
-        # Calls open at this one's grant, or granted since, may reach the server after it.
-        self.cap(feedback, now, others=self.granted - 1 - mark)
+        if self.outside or feedback.remaining < 0:
+            # Calls open at this one's grant, or granted since, may reach the server after it.
+            self.cap(feedback, now, others=self.granted - 1 - mark)
+        # Otherwise every call the server counted is one of ours, and the slots
+        # already hold each until its window ends: a cap would only count twice
+        # the calls that overtook this one on the way.
         return outcome
+
+    def release(self, end: float) -> None:
+        """Record a sent call's occupancy end (its slot already closed)."""
+        ends = self.ends
+        if not ends or end >= ends[-1]:
+            ends.append(end)
+        else:
+            insort(ends, end)
 
     def outside_rate(self) -> float:
         """Others' calls per second on this bucket's token (the higher of two windows)."""
@@ -628,6 +639,11 @@ class InMemoryBackend:
             bucket = self._buckets[request.key]
             if index == 0 and feedback is not None:
                 learned = bucket.learn(request, feedback, now, grant.marks[0])
+                if end is not None and feedback.reset_at < end:
+                    # The window that counted the call ends then: so does its occupancy.
+                    bucket.open -= 1
+                    bucket.release(feedback.reset_at)
+                    continue
             if grant.probing[index] and request.op is not None:
                 # Without an answer showing the limit, the next call probes again.
                 bucket.probing.discard(request.op)
@@ -636,11 +652,7 @@ class InMemoryBackend:
                 if bucket.cap_until > now:
                     bucket.cap_left += 1  # never reached the server: refund the cap
             else:
-                ends = bucket.ends
-                if not ends or end >= ends[-1]:
-                    ends.append(end)
-                else:
-                    insort(ends, end)
+                bucket.release(end)
         return learned
 
     async def seed(self, request: SlotRequest, feedback: Feedback) -> None:

@@ -11,6 +11,7 @@ sent into a bucket while the client knew it was paused.
 from __future__ import annotations
 
 import math
+from email.utils import formatdate
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -58,7 +59,11 @@ class FakeServer:
         buckets: server bucket name -> limit per period.
         route: operation id -> server bucket name (default: the endpoint's group).
         aligned: clock-aligned windows if true, else a window opens at the first call.
-        latency: returns (up, down) seconds for one call.
+        latency: returns (up, down) seconds for one call: up before the server
+            counts it (the network), down after (the provider, then the network).
+        clock_offset: seconds the server's clock runs ahead of ours (negative:
+            behind); its aligned windows and ``RateLimit-Reset`` follow it.
+        date: send a ``Date`` header (whole seconds, on the server's clock).
     """
 
     buckets: Mapping[str, int]
@@ -67,6 +72,8 @@ class FakeServer:
     aligned: bool = True
     route: Mapping[str, str] = attrs.field(factory=dict)
     latency: Callable[[], tuple[float, float]] = lambda: (0.0, 0.0)
+    clock_offset: float = 0.0
+    date: bool = False
     windows: dict[tuple[str, ...], _Window] = attrs.field(factory=dict)
     ok: int = 0
     rejected: int = 0
@@ -78,11 +85,23 @@ class FakeServer:
     arrivals: list[float] = attrs.field(factory=list)
 
     def _window(self, key: tuple[str, ...], now: float) -> _Window:
+        """The window counting a call arriving ``now`` (times on our clock)."""
         window = self.windows.get(key)
         if window is None or now >= window.end:
-            start = math.floor(now / self.period) * self.period if self.aligned else now
+            if self.aligned:
+                # Aligned on the server's clock, which is ours plus the offset.
+                server = now + self.clock_offset
+                start = math.floor(server / self.period) * self.period - self.clock_offset
+                if start + self.period <= now:  # float rounding at a boundary
+                    start += self.period
+            else:
+                start = now
             window = self.windows[key] = _Window(start, start + self.period)
         return window
+
+    def server_epoch(self, now: float) -> float:
+        """The server's wall clock at our ``now``."""
+        return EPOCH + now + self.clock_offset
 
     def arrive(self, token: str, operation_id: str, group: str) -> tuple[int, dict[str, str]]:
         """Count one arriving call and answer it (status, headers)."""
@@ -100,8 +119,11 @@ class FakeServer:
         headers = {
             "ratelimit-limit": str(limit),
             "ratelimit-remaining": str(max(0, limit - window.count)),
-            "ratelimit-reset": f"{EPOCH + window.end:.3f}",
+            # Rounded up, as a server must (a reset announced early invites a 429).
+            "ratelimit-reset": f"{math.ceil(self.server_epoch(window.end) * 1000) / 1000:.3f}",
         }
+        if self.date:
+            headers["date"] = formatdate(math.floor(self.server_epoch(now)), usegmt=True)
         if window.count > limit:
             self.rejected += 1
             self.rejected_per_window[(f"{token}/{name}", round(window.start * 1000))] += 1

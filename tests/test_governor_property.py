@@ -1,11 +1,18 @@
-"""Property: whatever arrives, leaves or is cancelled, no bucket sends more than its limit per period.
+"""Property: whatever arrives, leaves or is cancelled, no server window counts more than its limit.
 
-Each example runs a short virtual-time scenario on trio's MockClock: calls of
-random tokens arrive at random times, some are cancelled while queued, between
-grant and send, or in flight, some leave without sending, and answers come
-back after random latencies. The send times (``sending()``) are then checked:
-in every bucket, and in the IP bucket, any ``limit + 1`` consecutive sends
-span at least one period plus the margin. And nothing is left behind.
+Each example runs a short virtual-time scenario on trio's MockClock against a
+strict server (:class:`FakeServer`) whose clock is offset from ours by a random
+amount and whose windows are aligned on its clock or opened by a first call.
+Calls of random tokens arrive at random times; some are cancelled while
+queued, between grant and send, on the way to the server or after it counted
+them; some leave without sending; each travels a random time before the
+server counts it and another before its answer is read; answers carry the
+``RateLimit-*`` headers (and ``Date``) or nothing. The server must never
+refuse a call (no window of a token's bucket, nor of the IP, counts more than
+its limit), and nothing may be left behind.
+
+The same holds with no header at all, as the spacing of the sends shows: any
+``limit + 1`` consecutive sends span at least one period plus the margin.
 """
 
 from __future__ import annotations
@@ -22,9 +29,10 @@ from trio.testing import MockClock
 from apientreprise_async._governor import Governor, GovernorSnapshot, Limits
 from apientreprise_async.backends import InMemoryBackend
 
-from ._fake_throttle import EPOCH, json_endpoint, wall_clock
+from ._fake_throttle import FakeServer, json_endpoint, wall_clock
 
 PERIOD = 10.0
+JSON = "json_resources_entreprise"
 ENDPOINT = json_endpoint("op_prop")
 
 call_plan = st.tuples(
@@ -32,10 +40,12 @@ call_plan = st.tuples(
     st.integers(0, 2),  # token
     st.sampled_from(["send", "send", "send", "unsent", "cancel"]),
     st.floats(0, 1, allow_nan=False),  # delay between grant and sending()
-    st.floats(0, 6, allow_nan=False),  # latency of the answer
+    st.floats(0, 3, allow_nan=False),  # travel before the server counts the call
+    st.floats(0, 6, allow_nan=False),  # provider time and travel back
     st.floats(0, 20, allow_nan=False),  # cancel after (for "cancel")
-    st.booleans(),  # answer with RateLimit headers
+    st.booleans(),  # the answer carries the RateLimit headers
 )
+Plan = tuple[float, int, str, float, float, float, float, bool]
 
 
 def check_spacing(sends: list[float], limit: int, hold: float) -> None:
@@ -45,39 +55,15 @@ def check_spacing(sends: list[float], limit: int, hold: float) -> None:
         assert last - first >= hold - 1e-9, (limit, sends)
 
 
-@settings(
-    max_examples=500,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    derandomize=True,
-)
-@given(
-    limit=st.integers(1, 5),
-    ip=st.integers(1, 8),
-    slow_start=st.booleans(),
-    margin=st.sampled_from([0.0, 0.005, 0.1]),
-    plans=st.lists(call_plan, max_size=24),
-)
-def test_no_bucket_ever_exceeds_its_limit(
-    limit: int,
-    ip: int,
-    slow_start: bool,
-    margin: float,
-    plans: list[tuple[float, int, str, float, float, float, bool]],
-) -> None:
-    """The invariant, over random arrivals, cancellations and limits."""
-    limits = Limits(
-        groups={"json_resources_entreprise": limit},
-        ip=ip,
-        period=PERIOD,
-        margin=margin,
-        slow_start=slow_start,
-    )
+def run_scenario(
+    limits: Limits, server: FakeServer, plans: list[Plan]
+) -> tuple[GovernorSnapshot, dict[str, list[float]]]:
+    """Play ``plans`` through one governor against ``server``; the end state and the sends."""
     gov = Governor(limits, backend=InMemoryBackend(), wall_clock=wall_clock)
     sends: dict[str, list[float]] = defaultdict(list)
 
-    async def one(plan: tuple[float, int, str, float, float, float, bool]) -> None:
-        arrival, token, action, pre, latency, cancel_after, with_headers = plan
+    async def one(plan: Plan) -> None:
+        arrival, token, action, pre, up, down, cancel_after, with_headers = plan
         await anyio.sleep(arrival)
         with anyio.move_on_after(cancel_after if action == "cancel" else math.inf):
             async with gov.permit(f"t{token}", ENDPOINT) as permit:
@@ -88,15 +74,10 @@ def test_no_bucket_ever_exceeds_its_limit(
                 now = anyio.current_time()
                 sends[f"t{token}"].append(now)
                 sends["ip"].append(now)
-                await anyio.sleep(latency)
-                headers = {}
-                if with_headers:
-                    headers = {
-                        "ratelimit-limit": str(limit),
-                        "ratelimit-remaining": str(limit),
-                        "ratelimit-reset": str(EPOCH + anyio.current_time() + PERIOD),
-                    }
-                permit.observe(200, headers)
+                await anyio.sleep(up)
+                status, headers = server.arrive(f"t{token}", ENDPOINT.operation_id, JSON)
+                await anyio.sleep(down)
+                permit.observe(status, headers if with_headers else {})
 
     async def scenario() -> GovernorSnapshot:
         with anyio.fail_after(100_000):  # a deadlock would fail here, in virtual time
@@ -108,9 +89,55 @@ def test_no_bucket_ever_exceeds_its_limit(
     snapshot = anyio.run(
         scenario, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)}
     )
-    hold = limits.hold
-    for key, times in sends.items():
-        check_spacing(times, ip if key == "ip" else limit, hold)
+    return snapshot, sends
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+)
+@given(
+    limit=st.integers(1, 5),
+    ip=st.integers(1, 8),
+    slow_start=st.booleans(),
+    margin=st.sampled_from([0.001, 0.005, 0.1]),
+    aligned=st.booleans(),
+    offset=st.floats(-2 * PERIOD, 2 * PERIOD, allow_nan=False),
+    date=st.booleans(),
+    plans=st.lists(call_plan, max_size=24),
+)
+def test_no_server_window_ever_counts_more_than_the_limit(
+    limit: int,
+    ip: int,
+    slow_start: bool,
+    margin: float,
+    aligned: bool,
+    offset: float,
+    date: bool,
+    plans: list[Plan],
+) -> None:
+    """The invariant, over random offsets, latencies, alignments, cancellations and limits."""
+    limits = Limits(
+        groups={JSON: limit}, ip=ip, period=PERIOD, margin=margin, slow_start=slow_start
+    )
+    server = FakeServer(
+        {JSON: limit},
+        period=PERIOD,
+        ip_limit=ip,
+        aligned=aligned,
+        clock_offset=offset,
+        date=date,
+    )
+    snapshot, sends = run_scenario(limits, server, plans)
+    assert 0 == server.rejected, server.rejected_per_window
+    assert 0 == server.ip_overflows
+    # The IP bucket hears nothing from the headers: its sends keep the spacing.
+    check_spacing(sends["ip"], ip, limits.hold)
+    if not any(plan[7] for plan in plans):
+        for key, times in sends.items():
+            check_spacing(times, ip if key == "ip" else limit, limits.hold)
     for bucket in snapshot.buckets.values():
         assert 0 == bucket.in_flight
         assert 0 == bucket.queued
@@ -124,3 +151,4 @@ def test_spacing_check_catches_a_burst(limit: int) -> None:
     """The checker itself fails on limit + 1 sends inside one period."""
     with pytest.raises(AssertionError):
         check_spacing([0.0] * (limit + 1), limit, 1.0)
+

@@ -27,6 +27,7 @@ import math
 import pathlib
 import random
 import uuid
+from email.utils import formatdate
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -141,8 +142,11 @@ class Faults:
     """Seeded misbehaviour of the providers behind the API.
 
     Args:
-        latency: seconds before answering: a number, ``(median, sigma)`` of a
-            log-normal law, or a function of the emulator's ``random.Random``.
+        latency: seconds the provider takes, after the server counted the call
+            and before it answers: a number, ``(median, sigma)`` of a log-normal
+            law, or a function of the emulator's ``random.Random``.
+        uplink: seconds a request travels before the server counts it (the
+            network on the way in), drawn the same way as ``latency``.
         share_502: share of answers replaced by a 502 provider error.
         share_504: share of answers replaced by a 504 network error.
         share_dropped: share of connections cut before the answer is complete.
@@ -154,6 +158,7 @@ class Faults:
     """
 
     latency: float | tuple[float, float] | Callable[[random.Random], float] = 0.0
+    uplink: float | tuple[float, float] | Callable[[random.Random], float] = 0.0
     share_502: float = 0.0
     share_504: float = 0.0
     share_dropped: float = 0.0
@@ -161,13 +166,23 @@ class Faults:
     provider_timeout: float = 10.0
 
     def draw_latency(self, rng: random.Random) -> float:
-        """One latency drawn from the configured law."""
-        if callable(self.latency):
-            return max(0.0, float(self.latency(rng)))
-        if isinstance(self.latency, tuple):
-            median, sigma = self.latency
-            return rng.lognormvariate(math.log(median), sigma) if median > 0 else 0.0
-        return max(0.0, float(self.latency))
+        """One provider latency drawn from the configured law."""
+        return _draw(self.latency, rng)
+
+    def draw_uplink(self, rng: random.Random) -> float:
+        """One delay on the way in drawn from the configured law."""
+        return _draw(self.uplink, rng)
+
+
+def _draw(
+    law: float | tuple[float, float] | Callable[[random.Random], float], rng: random.Random
+) -> float:
+    if callable(law):
+        return max(0.0, float(law(rng)))
+    if isinstance(law, tuple):
+        median, sigma = law
+        return rng.lognormvariate(math.log(median), sigma) if median > 0 else 0.0
+    return max(0.0, float(law))
 
 
 @attrs.frozen
@@ -301,6 +316,10 @@ class Emulator:
         builtin_data: answer the built-in fictional companies.
         document_ttl: seconds a ``document_url`` stays valid (24 h scaled by
             ``period`` by default).
+        clock_offset: seconds the server's wall clock runs ahead of the one it
+            would otherwise use (``start_epoch`` or the real time); negative:
+            behind. Its windows, ``RateLimit-Reset``, ``Retry-After`` and
+            ``Date`` all follow that clock, as a real server's would.
 
     Every answer carries ``X-Request-ID``; every answer to a registered token
     carries ``RateLimit-Limit/Remaining/Reset`` of the bucket it drew from
@@ -321,6 +340,7 @@ class Emulator:
         faults: Faults | None = None,
         builtin_data: bool = True,
         document_ttl: float | None = None,
+        clock_offset: float = 0.0,
     ) -> None:
         if period <= 0:
             raise ValueError("period must be positive")
@@ -339,7 +359,7 @@ class Emulator:
         self._start_epoch = start_epoch
         self._epoch_base: float | None = None
         self._mono_base: float | None = None
-        self._shift = 0.0
+        self._shift = float(clock_offset)
         self._rng = random.Random(seed)
         self._ids = random.Random(f"ids-{seed}")
         self._tokens: dict[str, _Token] = {}
@@ -606,6 +626,9 @@ class Emulator:
             return
         incoming = _Incoming.from_scope(scope)
         request_id = str(uuid.UUID(int=self._ids.getrandbits(128), version=4))
+        if self.faults.uplink:
+            # On the way in: the server counts the call only once it arrives.
+            await anyio.sleep(self.faults.draw_uplink(self._rng))
         try:
             plan = self._decide(incoming, request_id)
         except _Hang:
@@ -627,6 +650,8 @@ class Emulator:
             (b"content-type", answer.content_type.encode()),
             (b"content-length", str(len(answer.body)).encode()),
             (b"x-request-id", request_id.encode()),
+            # On the server's own clock, as RateLimit-Reset (whole seconds, RFC 9110).
+            (b"date", formatdate(self._clock()[1], usegmt=True).encode()),
         ]
         headers += [(k.lower().encode(), v.encode()) for k, v in answer.headers]
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})

@@ -63,6 +63,8 @@ class RunningServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=1,
+            # The emulator dates its answers on its own (possibly offset) clock.
+            date_header=False,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
