@@ -19,6 +19,41 @@ window can see more than the limit: any window holding ``n`` arrivals has
 that leave a loop turn later; a token bucket would let nearly twice the limit
 through one server window.
 
+An answer with ``RateLimit-*`` headers says which window counted the call:
+the one ending at ``RateLimit-Reset``. Such a call is occupied only until
+that window ends (no later than the rule above). The proof is the same: a
+window counting ``n`` calls ends after each arrived, and each of them holds
+its slot until the window is over, so ``n`` slots overlap just before its
+end. It needs that end on our clock at the latest, never earlier: ``Reset``
+is an epoch on the server's clock, mapped onto ours with a lower bound of the
+clock offset that the answers themselves prove (:class:`_ServerClock`), plus
+the margin; our own wall clock is never trusted for it. A call answered
+without usable headers, timed out or cancelled in flight keeps the rule
+above, as does the IP bucket (no header speaks of it). A slow provider then
+costs a call nothing beyond its own window, where it used to hold its slot a
+whole period after the answer.
+
+``RateLimit-Remaining`` is used one way only. When it shows the server
+counted *more* than our calls can account for, someone else uses the token:
+it caps the grants until the reset, and near the end of such a window calls
+go one at a time, so that the other program costs at most one 429 (which
+pauses the bucket). When it shows *fewer* than we hold (another consumer
+idle, a call we counted that never arrived or has not arrived yet), nothing
+is given back: a call still on the network, or given up on by us, may land
+later in the same window, and calls sent together arrive in any order, so a
+lower count proves nothing about the calls it did not see. The slots freed
+at each window's end (above) are the give-back that is provably safe: they
+rest on what the server said of the call itself. Nor does a window with no
+sign of another consumer serialise its last calls: every call it counts is
+ours and holds a slot, so the slots alone keep it within the limit.
+
+Guesses stay bounded where the server says nothing. A 429 without
+``Retry-After`` or any ``RateLimit-*`` header pauses the bucket a full period
+and lowers its limit to what the refusing window could have counted (the
+calls answered within the last period). A limit the user set (a group's
+limit other than the server's published one, or an override) is a ceiling:
+the server's headers may lower it, never raise it.
+
 Waiting is FIFO per bucket. Only the head of a queue is awake: it sleeps
 until the exact time its slot frees (or, while its bucket waits for an
 answer, until a release wakes it) and, once granted, sets the wake-up time of
@@ -28,6 +63,7 @@ the IP queue, holding nothing meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -40,10 +76,10 @@ from types import TracebackType
 import anyio
 import attrs
 
-from ._catalogue import GROUP_LIMITS, IP_LIMIT, Endpoint
+from ._catalogue import GROUP_LIMITS, IP_LIMIT, Endpoint, get_endpoint
 from ._clock import current_time
-from ._errors import RateLimitError, retry_after_seconds
-from ._response import parse_rate_limit, parse_window
+from ._errors import ApiEntrepriseError, RateLimitError, retry_after_seconds
+from ._response import _Window, parse_rate_limit, parse_window
 from .backends import (
     Blocked,
     BucketState,
@@ -123,6 +159,17 @@ class Limits:
         """How long a sent call occupies its slot after its answer."""
         return self.period * (1.0 + self.margin)
 
+    def is_ceiling(self, endpoint: Endpoint) -> bool:
+        """Whether the user set ``endpoint``'s limit (an override, or a group's own value).
+
+        Such a limit is a ceiling: the server's ``RateLimit-Limit`` may lower
+        it, never raise it (the user may keep room for another program).
+        """
+        if endpoint.operation_id in self.overrides:
+            return True
+        group = endpoint.rate_group
+        return group in self.groups and self.groups[group] != GROUP_LIMITS.get(group)
+
     def bucket_for(self, endpoint: Endpoint) -> tuple[str, int]:
         """The bucket name and configured limit for ``endpoint``."""
         op = endpoint.operation_id
@@ -133,7 +180,29 @@ class Limits:
         if limit is None:
             # An unknown group: guess low, slow start will learn the real value.
             limit = min(self.groups.values(), default=1)
+        if endpoint.per_endpoint:
+            # The versions of one endpoint share a bucket until the server shows
+            # separate counters (Governor._separate): the stricter guess.
+            return _family(endpoint), limit
         return endpoint.bucket, limit
+
+
+def _family(endpoint: Endpoint) -> str:
+    """The latest version of a per-endpoint operation (its successors, same group)."""
+    name = endpoint.operation_id
+    successor = endpoint.successor
+    seen = {name}
+    while successor is not None and successor not in seen:
+        try:
+            later = get_endpoint(successor)
+        except ApiEntrepriseError:
+            break
+        if not later.per_endpoint or later.rate_group != endpoint.rate_group:
+            break
+        name = successor
+        seen.add(name)
+        successor = later.successor
+    return name
 
 
 @attrs.frozen
@@ -427,6 +496,7 @@ class Permit:
         "_route",
         "_sent",
         "_sent_at",
+        "_split",
         "_token",
     )
 
@@ -444,6 +514,8 @@ class Permit:
         self._feedback: Feedback | None = None
         # A 429 that told nothing: the bucket's limit goes down to this (see _lower_limit).
         self._lower_to: int | None = None
+        # The answer showed that this version of an endpoint counts apart (see _separate).
+        self._split: str | None = None
         # The route of a grant taken on the hot path, whose queues then need no lookup.
         self._route: _Route | None = None
 
@@ -506,6 +578,8 @@ class Permit:
                 changed = learned is not None and learned is not Learned.SAME
                 if learned is not None and changed:
                     await governor._learned(memory, self, grant, learned, feedback)
+                if self._split is not None:
+                    await governor._split_family(self, self._split, feedback)
         else:
             end = None
             learned = memory.release_now(grant, end=None, feedback=feedback)
@@ -588,6 +662,8 @@ class Permit:
                 opened,
                 opened + limits.hold,
             )
+            if self._endpoint.per_endpoint and status != 429:
+                self._split = governor._separate(self, rate_limit)
         if status == 429:
             governor._rate_limited += 1
             grant = self._grant
@@ -602,7 +678,7 @@ class Permit:
                 # Nothing tells which window refused the call, or what it counted.
                 until = now + limits.period + slack
                 if grant is not None and parse_rate_limit(headers) is None:
-                    self._lower_to = governor._counted(grant)
+                    self._lower_to = governor._counted(grant, until, now)
             if grant is not None:
                 governor._backend.pause(grant.requests[0].key, until)
 
@@ -647,6 +723,12 @@ class Governor:
         self._server_clock = _ServerClock()
         self._date_text = ""  # the last Date header read, and its value
         self._date_value: float | None = None
+        # Per family bucket (versions of one endpoint): the server window last
+        # seen, and which operation each Remaining of it came from.
+        self._families: dict[str, tuple[float, dict[int, str]]] = {}
+        # Per bucket, after a 429 telling nothing: the pause's end, the slots
+        # held at the first such 429, and the 429s since (see _counted).
+        self._refusals: dict[str, list[float]] = {}
         self._routes: dict[tuple[str, str], _Route] = {}
         self._logged: set[str] = set()
         self._grants = 0
@@ -747,10 +829,8 @@ class Governor:
             self._date_value = None
             # One comma: a single HTTP-date (two Date headers, joined, are ignored).
             if value.count(",") == 1:
-                try:
+                with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
                     self._date_value = parsedate_to_datetime(value).timestamp()
-                except (TypeError, ValueError, IndexError, OverflowError):
-                    pass
         return self._date_value
 
     def _queued(self, key: str) -> int:
@@ -767,7 +847,13 @@ class Governor:
         if route is None:
             limits = self.limits
             name, limit = limits.bucket_for(endpoint)
-            bucket = SlotRequest(f"{token}/{name}", limit, endpoint.operation_id, limits.slow_start)
+            bucket = SlotRequest(
+                f"{token}/{name}",
+                limit,
+                endpoint.operation_id,
+                limits.slow_start,
+                limits.is_ceiling(endpoint),
+            )
             route = _Route(
                 (bucket, SlotRequest(IP_KEY, limits.ip)),
                 limit,
@@ -961,23 +1047,83 @@ class Governor:
         changed = learned is not None and learned is not Learned.SAME
         if changed and learned is not None and feedback is not None:
             await self._learned(backend, permit, grant, learned, feedback)
+        if permit._split is not None and feedback is not None:
+            await self._split_family(permit, permit._split, feedback)
         if feedback is None and permit._answered is not None and grant.probing[0]:
             self._blind_probe(permit, grant)
         if permit._lower_to is not None:
             await self._lower_limit(grant, permit._lower_to)
         self._wake_heads(grant, end, changed)
 
-    def _counted(self, grant: Grant) -> int:
-        """Calls of ``grant``'s bucket answered within a period: what a window may have counted.
+    def _separate(self, permit: Permit, window: _Window) -> str | None:
+        """The operation this answer shows to count apart from its family bucket, if any.
 
-        Read when a 429 says nothing else (no ``Retry-After``, no ``RateLimit-*``):
-        the window that refused the call counted at most these before it, so the
-        real limit is at most that many.
+        One counter gives each call of a window its own count, so two answers
+        of one window showing the same ``Remaining`` (above zero) for two
+        operations prove that the server counts them separately. The one of
+        the two that is not the bucket's own operation then moves out.
         """
-        state = self._backend.snapshot().get(grant.requests[0].key)
-        if state is None:
-            return grant.requests[0].limit
-        return max(1, state.occupied - state.open)
+        token, op = permit._token, permit.operation_id
+        route = self._routes.get((token, op))
+        if route is None or window.remaining <= 0:
+            return None
+        key = route.requests[0].key
+        seen = self._families.get(key)
+        if seen is None or seen[0] != window.reset_epoch:
+            seen = self._families[key] = (window.reset_epoch, {})
+        other = seen[1].setdefault(window.remaining, op)
+        if other == op:
+            return None
+        return other if key == f"{token}/{op}" else op
+
+    async def _split_family(self, permit: Permit, op: str, feedback: Feedback) -> None:
+        """Give ``op``, shown to count apart (:meth:`_separate`), a bucket of its own."""
+        token = permit._token
+        route = self._routes.get((token, op))
+        if route is None:
+            return
+        request = route.requests[0]
+        key = f"{token}/{op}"
+        if request.key == key:
+            return
+        moved = request._replace(key=key)
+        state = self._backend.snapshot().get(request.key)
+        # Its calls still in flight in the family bucket may yet land in this window.
+        flying = 0 if state is None else state.open
+        limit = min(feedback.limit, request.limit) if request.ceiling else feedback.limit
+        await self._backend.seed(
+            moved, feedback._replace(limit=limit, remaining=feedback.remaining - flying)
+        )
+        self._routes[(token, op)] = _Route(
+            (moved, route.requests[1]), route.configured, self._queue(key), route.ip_queue
+        )
+        if key not in self._logged:
+            self._logged.add(key)
+            _logger.warning(
+                "operation %s counts apart from the other versions in %s on the server: "
+                "moved to bucket %s",
+                op,
+                request.key,
+                key,
+            )
+
+    def _counted(self, grant: Grant, until: float, now: float) -> int:
+        """What the window that refused ``grant``'s call (a 429 telling nothing) counted.
+
+        The first such 429 pauses the bucket until ``until``; every call of ours
+        then holding a slot (in flight, or answered within a period) may have
+        been counted by the refusing window. Each 429 among them in that pause
+        was not: the limit is at most the rest. Calls of an earlier window may
+        still hold slots, so the figure may be high: the next 429 lowers again.
+        """
+        key = grant.requests[0].key
+        refusal = self._refusals.get(key)
+        if refusal is None or now >= refusal[0]:
+            state = self._backend.snapshot().get(key)
+            occupied = grant.requests[0].limit if state is None else state.occupied
+            refusal = self._refusals[key] = [until, occupied, 0]
+        refusal[2] += 1
+        return max(1, int(refusal[1]) - int(refusal[2]))
 
     async def _lower_limit(self, grant: Grant, counted: int) -> None:
         """Lower the bucket's limit after a 429 that told nothing (see :meth:`_counted`).
@@ -992,13 +1138,15 @@ class Governor:
             return
         until = self._backend.paused_until(request.key)
         await self._backend.seed(request, Feedback(counted, 0, until))
-        _logger.warning(
+        _logger.log(
+            logging.DEBUG if f"{request.key} lowered" in self._logged else logging.WARNING,
             "bucket %s: a 429 without Retry-After or RateLimit headers; "
             "limit lowered from %d to %d calls per period",
             request.key,
             state.limit,
             counted,
         )
+        self._logged.add(f"{request.key} lowered")
 
     def _blind_probe(self, permit: Permit, grant: Grant) -> None:
         """A slow-start probe was answered without usable ``RateLimit-*`` headers.

@@ -16,8 +16,23 @@ The occupancy model, which every backend must follow:
   gives (the answer time plus one period plus the margin), so that however the
   server aligns its windows and however late the request lands, no window sees
   more than ``limit`` calls;
-- the server's ``RateLimit-Remaining`` caps the grants until its reset, and a
-  pause (after a 429) blocks the bucket until its end.
+- but when the answer carried ``RateLimit-*`` headers (``feedback`` given to
+  :meth:`~GovernorBackend.release`), the first request's slot is occupied only
+  until ``feedback.reset_at`` if that is sooner: the latest time, on the
+  governor's clock and margin included, at which the server window that
+  counted the call can end. The IP bucket (the other requests) keeps ``end``:
+  the headers speak of the token's window only. Each window then still holds at
+  most ``limit`` of our calls, since every call it counted keeps its slot until
+  the window is over (the governor's docstring has the proof);
+- the server's ``RateLimit-Remaining`` caps the grants until its reset only
+  when it shows calls that are not ours (another program on the token, see
+  ``_Bucket.watch``), or after a 429; otherwise the slots account for every
+  call the window counted, and a cap would count twice the calls that
+  overtook the answered one on the way. A pause (after a 429) blocks the
+  bucket until its end.
+
+Since 0.2 (issue 20) a backend must apply the ``reset_at`` rule above; the
+conformance suite checks it (``occupied_until_window_end``).
 
 All times are values of the governor's anyio clock (``anyio.current_time``).
 
@@ -64,12 +79,15 @@ class SlotRequest(NamedTuple):
         op: the operation id the call is for (``None`` for the IP bucket).
         probe: slow start applies: until the bucket, then the operation,
             has had an answer showing its real limit, one call at a time.
+        ceiling: ``limit`` was set by the user: the server's limit may lower
+            the bucket's, never raise it above ``limit``.
     """
 
     key: str
     limit: int
     op: str | None = None
     probe: bool = False
+    ceiling: bool = False
 
 
 class Grant(NamedTuple):
@@ -96,6 +114,10 @@ class Blocked(NamedTuple):
 
 class Feedback(NamedTuple):
     """What one answer's ``RateLimit-*`` headers said, on the governor's clock.
+
+    ``reset_at`` is the latest time the server window that counted the call
+    can end (margin included): the call's slot in the first bucket is free
+    from then on, however long ``end`` says.
 
     ``opened_at`` is when the server's window opened (its reset less one
     period and the margin), and ``counted_from`` the occupancy end (see
@@ -333,10 +355,13 @@ class _Bucket:
         """Take an answer's headers into account (this call's slot still open)."""
         op = request.op
         outcome = Learned.SAME
-        if op is not None and feedback.limit != self.limit:
+        limit = feedback.limit
+        if request.ceiling and limit > request.limit:
+            limit = request.limit  # the user keeps room for others: never more than asked
+        if op is not None and limit != self.limit:
             if self.confirmed and op not in self.known and self.known:
                 return Learned.FOREIGN
-            self.limit = max(feedback.limit, 0)
+            self.limit = max(limit, 0)
             outcome = Learned.ADOPTED
         self.confirmed = True
         if op is not None:

@@ -11,9 +11,9 @@ sent into a bucket while the client knew it was paused.
 from __future__ import annotations
 
 import math
-from email.utils import formatdate
 from collections import Counter
 from collections.abc import Callable, Mapping
+from email.utils import formatdate
 from typing import Any
 
 import anyio

@@ -23,4 +23,4 @@ async def test_in_memory_backend_conforms() -> None:
     """Every check passes, with exact times (tolerance zero)."""
     backend = InMemoryBackend()
     names = await check_backend(lambda: backend, tolerance=0.0)
-    assert 12 == len(names)
+    assert 13 == len(names)

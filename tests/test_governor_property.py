@@ -151,4 +151,3 @@ def test_spacing_check_catches_a_burst(limit: int) -> None:
     """The checker itself fails on limit + 1 sends inside one period."""
     with pytest.raises(AssertionError):
         check_spacing([0.0] * (limit + 1), limit, 1.0)
-

@@ -27,8 +27,8 @@ import math
 import pathlib
 import random
 import uuid
-from email.utils import formatdate
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from email.utils import formatdate
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl
