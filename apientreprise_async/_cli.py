@@ -779,9 +779,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     batch, elapsed = anyio.run(run)
     console.print(_summary(batch, elapsed, 250, args.period, "Summary"))
-    heaviest = emulator.max_calls_in_any_window()
+    heaviest = emulator.max_calls_in_a_window()
     console.print(
-        f"The emulator saw at most {heaviest} calls in any {args.period:g} s span "
+        f"The emulator counted at most {heaviest} calls in one {args.period:g} s window "
         f"(limit 250); {len(emulator.calls(status=429))} answers were 429."
     )
     return EXIT_OK

@@ -162,7 +162,7 @@ async def test_default_concurrency_follows_the_limits() -> None:
 
 @virtual_time
 async def test_throughput_is_the_limit_not_the_latency() -> None:
-    """200 calls at 20 per minute with 2 s latency: 10 windows, never 21 in a minute, no 429."""
+    """200 calls at 20 per minute with 2 s latency: 10 windows, never 21 in one, no 429."""
     limit = 20
     emu = emulator(
         period=60.0,
@@ -177,9 +177,9 @@ async def test_throughput_is_the_limit_not_the_latency() -> None:
         elapsed = anyio.current_time() - started
     assert 200 == count
     assert 0 == len(emu.calls(status=429))
-    assert limit >= emu.max_calls_in_any_window()
-    # 200 calls need 10 windows at best; the slots are held a period after each answer.
-    assert elapsed <= 11 * 60.0 * 1.01 + 3 * 2.0, elapsed
+    assert limit >= emu.max_calls_in_a_window()
+    # 200 calls need 10 windows at best; a slot frees when its window ends.
+    assert elapsed <= 10 * 60.0 * 1.01 + 3 * 2.0, elapsed
     assert 0 == outcomes.governor_counters().rate_limited
 
 
@@ -221,7 +221,7 @@ async def test_maintenance_window_is_waited_out() -> None:
         seen = [o async for o in outcomes]
         done_at = anyio.current_time() - base
     assert ["not_found", "not_found"] == [o.status for o in seen]  # answered, not refused
-    assert 30 * 60 <= done_at < 31 * 60
+    assert 30 * 60 - 1e-6 <= done_at < 31 * 60  # the shared MockClock: float rounding
     assert "maintenance" not in json.dumps([o.to_json() for o in seen])
 
 

@@ -255,3 +255,6 @@ async def test_max_calls_in_any_window() -> None:
     assert 10 == emulator.max_calls_in_any_window(token=TOKEN)
     assert 5 == emulator.max_calls_in_any_window(10.0)
     assert 0 == emulator.max_calls_in_any_window(token="someone-else")
+    # The server's own windows: 5 before the boundary, 5 after, 1 a minute later.
+    assert 5 == emulator.max_calls_in_a_window(token=TOKEN)
+    assert [TEN, TEN + 60, TEN + 120] == sorted({r.window for r in emulator.requests})

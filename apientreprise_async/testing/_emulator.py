@@ -27,6 +27,7 @@ import math
 import pathlib
 import random
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from email.utils import formatdate
 from types import TracebackType
@@ -206,6 +207,9 @@ class RecordedRequest:
     status: int | None
     outcome: Outcome
     request_id: str
+    window: float | None = None
+    """When the server window that counted the call (its token's bucket) opened, as an
+    epoch; ``None`` for calls no token bucket counted."""
 
 
 @attrs.define
@@ -549,6 +553,26 @@ class Emulator:
             best = max(best, last - first + 1)
         return best
 
+    def max_calls_in_a_window(
+        self,
+        *,
+        token: str | None = None,
+        bucket: str | None = None,
+        operation_id: str | None = None,
+    ) -> int:
+        """The most calls one of the server's own windows counted, per token and bucket.
+
+        What the server's limits bind (429s included: the server counts them).
+        :meth:`max_calls_in_any_window` is stricter: a client may use the end
+        of one window and the start of the next, as the server allows.
+        """
+        counts = Counter(
+            (r.token, r.bucket, r.window)
+            for r in self.calls(token=token, bucket=bucket, operation_id=operation_id)
+            if r.window is not None
+        )
+        return max(counts.values(), default=0)
+
     # -- transports -----------------------------------------------------------------------
 
     def transport(self, *, client_ip: str = "127.0.0.1") -> EmulatorTransport:
@@ -672,6 +696,7 @@ class Emulator:
         endpoint: Endpoint | None = None,
         params: Mapping[str, str] | None = None,
         outcome: Outcome = "answered",
+        window: float | None = None,
     ) -> None:
         self._records.append(
             RecordedRequest(
@@ -687,6 +712,7 @@ class Emulator:
                 status=status,
                 outcome=outcome,
                 request_id=request_id,
+                window=window,
             )
         )
 
@@ -736,6 +762,7 @@ class Emulator:
         if window.refused_at is not None and mono > window.refused_at:
             raise hang(**kw)  # called again before Retry-After ended
         window.count += 1
+        kw["window"] = window.start
         rate = self._rate_headers(limit, window)
         if window.count > limit:
             window.refused_at = mono
@@ -912,6 +939,7 @@ class Emulator:
         if window.refused_at is not None and mono > window.refused_at:
             raise hang(**kw)
         window.count += 1
+        kw["window"] = window.start
         rate = self._rate_headers(limit, window)
         if window.count > limit:
             window.refused_at = mono
