@@ -650,6 +650,9 @@ class Permit:
         slack = limits.period * limits.margin
         feedback: Feedback | None = None
         if rate_limit is not None:
+            if status == 429:
+                # Refused: whatever the bounds said, start again from what the answers prove.
+                governor._server_clock = _ServerClock()
             # The end of the server window that counted this call, on our clock (at the latest).
             ends = governor._window_end(rate_limit.reset_epoch, headers, self._sent_at, now)
             # The window opened a period before its end (a margin earlier, to be safe).
@@ -693,8 +696,9 @@ class Governor:
             the IP bucket (and the buckets of a token it also uses). Pass an
             :class:`~apientreprise_async.backends.InMemoryBackend` of its own
             to keep a governor apart.
-        wall_clock: epoch seconds, used only to read ``RateLimit-Reset`` and
-            HTTP dates in ``Retry-After``.
+        wall_clock: epoch seconds, used only to read HTTP dates in
+            ``Retry-After``. ``RateLimit-Reset`` is read on the server's own
+            clock, bounded from the answers (see the module's docstring).
 
     .. versionadded:: 0.1.0
     """

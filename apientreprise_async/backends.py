@@ -662,22 +662,21 @@ class InMemoryBackend:
             now = self._now()
         for index, request in enumerate(grant.requests):
             bucket = self._buckets[request.key]
+            occupied = end
             if index == 0 and feedback is not None:
                 learned = bucket.learn(request, feedback, now, grant.marks[0])
                 if end is not None and feedback.reset_at < end:
                     # The window that counted the call ends then: so does its occupancy.
-                    bucket.open -= 1
-                    bucket.release(feedback.reset_at)
-                    continue
+                    occupied = feedback.reset_at
             if grant.probing[index] and request.op is not None:
                 # Without an answer showing the limit, the next call probes again.
                 bucket.probing.discard(request.op)
             bucket.open -= 1
-            if end is None:
+            if occupied is None:
                 if bucket.cap_until > now:
                     bucket.cap_left += 1  # never reached the server: refund the cap
             else:
-                bucket.release(end)
+                bucket.release(occupied)
         return learned
 
     async def seed(self, request: SlotRequest, feedback: Feedback) -> None:
