@@ -20,7 +20,6 @@ record's ``unfit`` mapping) and names every such JSON path in ``problems``.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import itertools
 from collections.abc import Callable
 from types import UnionType
@@ -414,9 +413,8 @@ converter = cattrs.Converter()
 converter.register_unstructure_hook(dt.date, lambda value: value.isoformat())
 converter.register_unstructure_hook(dt.datetime, lambda value: value.isoformat())
 converter.register_unstructure_hook(Timestamp, int)
-converter.register_unstructure_hook_factory(
-    lambda t: isinstance(t, type) and issubclass(t, enum.Enum), lambda _: lambda v: v.value
-)
+# Plain strings again (the members are str too, which cattrs would pass through as they are).
+converter.register_unstructure_hook(OpenEnum, lambda member: str(member._value_))
 
 
 def _is_record(type_: Any) -> bool:

@@ -13,6 +13,7 @@ from typing import Any, Union, get_args, get_origin
 
 import attrs
 
+from apientreprise_async import OpenEnum, Timestamp
 from apientreprise_async.records import Record
 
 SIREN = "418166096"
@@ -136,6 +137,10 @@ def example_value(tp: Any, name: str = "valeur") -> Any:
         return {"exemple": name}
     if isinstance(tp, type) and issubclass(tp, Record):
         return example_payload(tp)
+    if isinstance(tp, type) and issubclass(tp, OpenEnum):
+        return next(iter(tp)).value
+    if tp is Timestamp:
+        return 1_711_872_000
     if tp is str:
         return f"exemple-{name}"
     if tp is bool:
@@ -156,7 +161,7 @@ def example_payload(cls: type[Record], *, nulls: bool = False) -> dict[str, Any]
     attrs.resolve_types(cls)
     out: dict[str, Any] = {}
     for field in attrs.fields(cls):
-        if field.name in ("extra", "_absent"):
+        if field.name in ("extra", "unfit", "_absent"):
             continue
         _, optional = _strip_optional(field.type)
         out[field.name] = None if nulls and optional else example_value(field.type, field.name)

@@ -10,6 +10,7 @@ untouched fields read as before, the misfit named in ``problems``.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import logging
 import pathlib
@@ -26,6 +27,8 @@ from apientreprise_async import (
     AsyncClient,
     Governor,
     Limits,
+    OpenEnum,
+    Timestamp,
     UnexpectedPayloadError,
     UnfitFieldError,
     get_endpoint,
@@ -35,7 +38,7 @@ from apientreprise_async._catalogue import GROUP_LIMITS, Endpoint
 from apientreprise_async._convert import structure_lenient, unstructure
 from apientreprise_async.audit import AuditRecord
 from apientreprise_async.backends import InMemoryBackend
-from apientreprise_async.records import Record, insee
+from apientreprise_async.records import Record, dgfip, insee
 from apientreprise_async.testing import COMPANIES, Emulator
 
 from .conftest import RECIPIENT, TOKEN, shared_or_skip
@@ -403,3 +406,69 @@ def test_records_used_here_are_records() -> None:
     """Guard: the walker above relies on records being attrs classes."""
     assert attrs.has(insee.UniteLegale)
     assert issubclass(insee.UniteLegale, Record)
+
+
+# -- records say what they hold ----------------------------------------------------------
+
+
+def _values_in(value: Any) -> Iterator[Any]:
+    """Every value a record holds, nested records and tuples walked."""
+    if isinstance(value, Record):
+        for field in attrs.fields(type(value)):
+            if field.name not in ("extra", "unfit", "_absent"):
+                yield from _values_in(getattr(value, field.name, None))
+    elif isinstance(value, tuple):
+        for item in value:
+            yield from _values_in(item)
+    else:
+        yield value
+
+
+def test_staging_values_of_closed_sets_are_documented() -> None:
+    """Every staging value of an enumerated field is one the OpenAPI file lists."""
+    seen: set[type[OpenEnum]] = set()
+    unknown = []
+    for op_id, name, _params, body in _cases():
+        record, problems = structure_lenient(body["data"], get_endpoint(op_id).record)
+        assert () == problems, name
+        for value in _values_in(record):
+            if isinstance(value, OpenEnum):
+                seen.add(type(value))
+                if not value.known:
+                    unknown.append(f"{name}: {type(value).__name__} {value.value!r}")
+    assert [] == unknown
+    assert len(seen) >= 10
+
+
+def test_an_unknown_value_of_a_closed_set_is_accepted() -> None:
+    """A value the OpenAPI file does not list is a member too, marked unknown; no problem."""
+    data = _unite_legale()["data"]
+    data["etat_administratif"] = "S"  # say a new "suspended" state
+    data["categorie_entreprise"] = "TPE"
+    record, problems = structure_lenient(data, insee.UniteLegale)
+    assert () == problems
+    assert isinstance(record.etat_administratif, insee.UniteLegaleEtatAdministratif)
+    assert "S" == record.etat_administratif
+    assert not record.etat_administratif.known
+    assert insee.UniteLegaleEtatAdministratif("S") is record.etat_administratif  # one member
+    assert record.categorie_entreprise is not None
+    assert ("TPE", False) == (record.categorie_entreprise.value, record.categorie_entreprise.known)
+    assert insee.UniteLegaleEtatAdministratif.A.known
+    assert "S" not in [m.value for m in insee.UniteLegaleEtatAdministratif]
+    assert data == unstructure(record)
+    assert json.loads(json.dumps(unstructure(record))) == data
+
+
+def test_epoch_dates_read_as_datetimes_and_iso_dates_as_dates() -> None:
+    """INSEE's epoch numbers stay integers and read as datetimes; documented dates are dates."""
+    data = _unite_legale()["data"]
+    record, _ = structure_lenient(data, insee.UniteLegale)
+    created = record.date_creation
+    assert isinstance(created, Timestamp)
+    assert data["date_creation"] == created
+    assert dt.datetime.fromtimestamp(data["date_creation"], dt.UTC) == created.datetime
+    assert created.datetime.tzinfo is not None
+    assert isinstance(created.date, dt.date)
+    # A liasse's declaration date (documented by a date example) is a date, not a string.
+    declaration = attrs.fields_dict(attrs.resolve_types(dgfip.Declaration))["date_declaration"]
+    assert declaration.type is dt.date

@@ -60,7 +60,7 @@ def test_list_answers_keep_their_items_links_and_meta() -> None:
     items = structure(MANDATAIRES_SOCIAUX, tuple[infogreffe.MandataireSocialItem, ...])
     assert 2 == len(items)
     assert "MARTIN" == items[0].data.nom
-    assert "1980-02-29" == items[0].data.date_naissance  # a plain string in the spec
+    assert dt.date(1980, 2, 29) == items[0].data.date_naissance  # documented by a date example
     assert "AUDIT EXEMPLE" == items[1].data.raison_sociale
     assert MANDATAIRES_SOCIAUX == unstructure(items)
 

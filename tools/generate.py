@@ -22,8 +22,10 @@ import argparse
 import json
 import keyword
 import pathlib
+import re
 import subprocess
 import sys
+import unicodedata
 from typing import Any
 
 import yaml
@@ -417,6 +419,37 @@ def _camel(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in parts if part)
 
 
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _closed_set(schema: dict[str, Any]) -> bool:
+    """A documented closed set of strings (``null`` aside)."""
+    values = [v for v in schema.get("enum") or () if v is not None]
+    return bool(values) and all(isinstance(v, str) for v in values)
+
+
+def _nullable(schema: dict[str, Any]) -> bool:
+    return bool(schema.get("nullable")) or None in (schema.get("enum") or ())
+
+
+def _is_epoch(schema: dict[str, Any], hint: str) -> bool:
+    """An integer date: seconds since the epoch (INSEE's dates, Infogreffe's birth dates)."""
+    about = str(schema.get("description", "")).lower()
+    return hint.startswith("date") or "timestamp" in about
+
+
+def _is_date(schema: dict[str, Any]) -> bool:
+    """``format: date``, or a string documented only by a calendar-date example."""
+    return schema.get("format") == "date" or bool(_ISO_DATE.match(str(schema.get("example", ""))))
+
+
+def _member_name(value: str) -> str:
+    """An enumeration member name for a value: ASCII, upper case, never starting with a digit."""
+    text = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_").upper() or "EMPTY"
+    return "V_" + name if name[0].isdigit() else name
+
+
 def _singular(name: str) -> str:
     words = []
     for word in name.split("_"):
@@ -483,6 +516,8 @@ class _Module:
         self.names: set[str] = set()
         self.overrides: dict[str, str] = {}
         self.reserved: set[str] = set()
+        self.enums: list[tuple[str, str, list[tuple[str, str]]]] = []
+        self.enum_by_values: dict[tuple[str, ...], str] = {}
 
     def type_of(self, schema: dict[str, Any], hint: str, parent: str, path: str) -> str:
         override = self.overrides.get(path)
@@ -499,7 +534,11 @@ class _Module:
             if items.get("nullable"):
                 item += " | None"
             return f"tuple[{item}, ...]"
-        if kind == "date" or (kind == "string" and schema.get("format") == "date"):
+        if kind == "string" and _closed_set(schema):
+            return self.enum(schema, hint, parent)
+        if kind == "integer" and _is_epoch(schema, hint):
+            return "Timestamp"
+        if kind == "date" or (kind == "string" and _is_date(schema)):
             return "dt.date"
         if kind == "string" and schema.get("format") == "date-time":
             return "dt.datetime"
@@ -515,13 +554,39 @@ class _Module:
                 raise SystemExit(f"{self.provider}: field {prop!r} needs a rename rule")
             sub_path = f"{path}.{prop}" if path else prop
             annotation = self.type_of(sub, prop, name, sub_path)
-            if prop in required and not sub.get("nullable"):
+            if prop in required and not _nullable(sub):
                 fields.append((prop, annotation, ""))
             elif prop in required:
                 fields.append((prop, f"{annotation} | None", ""))
             else:
                 fields.append((prop, f"{annotation} | None", " = None"))
         return self.register(name, doc, parent, fields)
+
+    def enum(self, schema: dict[str, Any], hint: str, parent: str) -> str:
+        """The OpenEnum class of a documented closed set of strings (one per distinct set)."""
+        values = tuple(v for v in schema["enum"] if v is not None)
+        found = self.enum_by_values.get(values)
+        if found:
+            return found
+        name = _camel(hint)
+        if name in self.names or "_" not in hint:  # "code", "type": say whose
+            name = parent + name
+        base, counter = name, 2
+        while name in self.names:
+            name = f"{base}{counter}"
+            counter += 1
+        self.names.add(name)
+        self.enum_by_values[values] = name
+        members: list[tuple[str, str]] = []
+        taken: set[str] = set()
+        for value in values:
+            member = _member_name(value)
+            while member in taken:
+                member += "_"
+            taken.add(member)
+            members.append((member, value))
+        self.enums.append((name, f"The values of ``{hint}`` the API documents.", members))
+        return name
 
     def register(self, name: str, doc: str, parent: str, fields: list[tuple[str, str, str]]) -> str:
         key = tuple(fields)
@@ -543,6 +608,14 @@ class _Module:
         self.classes.append((final, doc, fields))
         return final
 
+    def bases(self, text: str) -> list[str]:
+        """What the module imports from ``_base``."""
+        names = ["OpenEnum"] if self.enums else []
+        names.append("Record")
+        if re.search(r"\bTimestamp\b", text):
+            names.append("Timestamp")
+        return names
+
     def render(self) -> str:
         text = " ".join(a for _, _, fields in self.classes for _, a, _ in fields)
         out = [
@@ -557,11 +630,16 @@ class _Module:
             "",
             "import attrs",
             "",
-            "from ._base import Record",
+            "from ._base import " + ", ".join(self.bases(text)),
             "",
+            # Records only: the enumerations are reached as attributes of the module.
             "__all__ = [" + ", ".join(repr(n) for n, _, _ in sorted(self.classes)) + "]",
             "",
         ]
+        for name, doc, members in self.enums:
+            out += ["", f"class {name}(OpenEnum):", f'    """{doc}"""', ""]
+            out += [f"    {member} = {value!r}" for member, value in members]
+            out.append("")
         for name, doc, fields in self.classes:
             out += ["", "@attrs.frozen(kw_only=True, repr=False)", f"class {name}(Record):"]
             out += [f'    """{doc}"""', ""]

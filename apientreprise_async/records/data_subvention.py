@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from ._base import Record
+from ._base import OpenEnum, Record
 
 __all__ = [
     "Aide",
@@ -23,6 +23,15 @@ __all__ = [
     "SubventionDemandee",
     "SubventionItem",
 ]
+
+
+class StatutDemande(OpenEnum):
+    """The values of ``statut_demande`` the API documents."""
+
+    ACCORDE = "Accordé"
+    EN_INSTRUCTION = "En instruction"
+    REFUSE = "Refusé"
+    EN_ATTENTE = "En attente"
 
 
 @attrs.frozen(kw_only=True, repr=False)
@@ -71,7 +80,7 @@ class Instruction(Record):
 
     service_instructeur: str
     date_commission: dt.datetime | None
-    statut_demande: str
+    statut_demande: StatutDemande
     montant_accorde: float
 
 

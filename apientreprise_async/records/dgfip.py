@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from ._base import Record
+from ._base import OpenEnum, Record
 
 __all__ = [
     "Actionnaire",
@@ -36,6 +36,54 @@ __all__ = [
 ]
 
 
+class ObligationFiscaleCode(OpenEnum):
+    """The values of ``code`` the API documents."""
+
+    IS = "IS"
+    BIC = "BIC"
+    IS_GROUPE = "IS GROUPE"
+    BA = "BA"
+    BNC = "BNC"
+
+
+class ObligationFiscaleReference(OpenEnum):
+    """The values of ``reference`` the API documents."""
+
+    IS1 = "IS1"
+    IS2 = "IS2"
+    IS3 = "IS3"
+    ISGROUPE1 = "ISGROUPE1"
+    ISGROUPE2 = "ISGROUPE2"
+    ISGROUPE3 = "ISGROUPE3"
+    BA1 = "BA1"
+    BA2 = "BA2"
+    BA3 = "BA3"
+    BNC1 = "BNC1"
+    BNC2 = "BNC2"
+    BNC3 = "BNC3"
+    BIC1 = "BIC1"
+    BIC2 = "BIC2"
+    BIC3 = "BIC3"
+
+
+class RegimeCode(OpenEnum):
+    """The values of ``code`` the API documents."""
+
+    RN = "RN"
+    RS = "RS"
+    RSI = "RSI"
+    RNMEMBRE = "RNMEMBRE"
+    RNGROUPE = "RNGROUPE"
+    DECC = "DECC"
+
+
+class ActionnaireType(OpenEnum):
+    """The values of ``type`` the API documents."""
+
+    PERSONNE_MORALE = "personne_morale"
+    PERSONNE_PHYSIQUE = "personne_physique"
+
+
 @attrs.frozen(kw_only=True, repr=False)
 class AttestationFiscale(Record):
     """Link to the tax compliance certificate of a legal unit."""
@@ -59,7 +107,7 @@ class ChiffreAffaires(Record):
     """Turnover declared by an establishment, per fiscal year."""
 
     chiffre_affaires: float
-    date_fin_exercice: str
+    date_fin_exercice: dt.date
 
 
 @attrs.frozen(kw_only=True, repr=False)
@@ -76,9 +124,9 @@ class ObligationFiscale(Record):
     """The ``obligation_fiscale`` object."""
 
     id: str
-    code: str
+    code: ObligationFiscaleCode
     libelle: str
-    reference: str
+    reference: ObligationFiscaleReference
     regime: str
 
 
@@ -86,7 +134,7 @@ class ObligationFiscale(Record):
 class Regime(Record):
     """The ``regime`` object."""
 
-    code: str
+    code: RegimeCode
     libelle: str
 
 
@@ -109,8 +157,8 @@ class Declaration(Record):
 
     numero_imprime: str
     regime: Regime
-    date_declaration: str
-    date_fin_exercice: str
+    date_declaration: dt.date
+    date_fin_exercice: dt.date
     duree_exercice: float
     millesime: str
     donnees: tuple[Donnee, ...]
@@ -168,7 +216,7 @@ class Adresse(Record):
 class Actionnaire(Record):
     """The ``actionnaire`` object."""
 
-    type: str
+    type: ActionnaireType
     pourcentage: float
     nombre_parts: float
     personne_physique_attributes: PersonnePhysiqueAttributes

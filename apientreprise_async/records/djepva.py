@@ -7,7 +7,7 @@ import datetime as dt
 
 import attrs
 
-from ._base import Record
+from ._base import OpenEnum, Record
 
 __all__ = [
     "ActivitePrincipale",
@@ -24,6 +24,7 @@ __all__ = [
     "DocumentDac",
     "DocumentRna",
     "Etablissement",
+    "EtablissementTrancheEffectif",
     "FormeJuridique",
     "NombreAdherents",
     "NombreLicencies",
@@ -31,7 +32,160 @@ __all__ = [
     "ReseauAffiliation",
     "Rhs",
     "SousType",
+    "TrancheEffectif",
 ]
+
+
+class AssociationRegime(OpenEnum):
+    """The values of ``regime`` the API documents."""
+
+    LOI_1901 = "Loi 1901"
+    ALSACE_MOSELLE = "Alsace-Moselle"
+
+
+class AssociationGroupement(OpenEnum):
+    """The values of ``groupement`` the API documents."""
+
+    SIMPLE = "Simple"
+    FEDERATION = "Fédération"
+    UNION = "Union"
+
+
+class RaisonNonEligibiliteCec(OpenEnum):
+    """The values of ``raison_non_eligibilite_cec`` the API documents."""
+
+    LASSOCIATION_NA_PAS_TROIS_ANS_DEXISTENCE = "L’association n’a pas trois ans d’existence"
+    LOBJET_DE_LASSOCIATION_NE_RENTRE_PAS_DANS_LES_CRITERES_DELIGIBILITE_AU_CEC = (
+        "L’objet de l’association ne rentre pas dans les critères d’éligibilité au CEC"
+    )
+    LASSOCIATION_NA_PAS_TROIS_ANS_DEXISTENCE_ET_SON_OBJET_NE_RENTRE_PAS_DANS_LES_CRITERES_DELIGIBILITE_AU_CEC = "L’association n’a pas trois ans d’existence et son objet ne rentre pas dans les critères d’éligibilité au CEC"
+
+
+class TribunalInstance(OpenEnum):
+    """The values of ``tribunal_instance`` the API documents."""
+
+    TRIBUNAL_D_INSTANCE_DE_METZ = "Tribunal d'instance de Metz"
+    TRIBUNAL_D_INSTANCE_DE_SAINT_AVOLD = "Tribunal d'instance de Saint-Avold"
+    TRIBUNAL_D_INSTANCE_DE_SARREBOURG = "Tribunal d'instance de Sarrebourg"
+    TRIBUNAL_D_INSTANCE_DE_SARREGUEMINES = "Tribunal d'instance de Sarreguemines"
+    TRIBUNAL_D_INSTANCE_DE_DE_THIONVILLE = "Tribunal d'instance de de Thionville"
+    TRIBUNAL_D_INSTANCE_DE_HAGUENAU = "Tribunal d'instance de Haguenau"
+    TRIBUNAL_D_INSTANCE_DILLKIRCH = "Tribunal d'instance d’Illkirch"
+    TRIBUNAL_D_INSTANCE_DE_MOLSHEIM = "Tribunal d'instance de Molsheim"
+    TRIBUNAL_D_INSTANCE_DE_SAVERNE = "Tribunal d'instance de Saverne"
+    TRIBUNAL_D_INSTANCE_DE_SCHILTIGHEIM = "Tribunal d'instance de Schiltigheim"
+    TRIBUNAL_D_INSTANCE_DE_SELESTAT = "Tribunal d'instance de Sélestat"
+    TRIBUNAL_D_INSTANCE_DE_STRASBOURG = "Tribunal d'instance de Strasbourg"
+    TRIBUNAL_D_INSTANCE_DE_COLMAR = "Tribunal d'instance de Colmar"
+    TRIBUNAL_D_INSTANCE_DE_GUEBWILLER = "Tribunal d'instance de Guebwiller"
+    TRIBUNAL_D_INSTANCE_DE_MULHOUSE = "Tribunal d'instance de Mulhouse"
+    TRIBUNAL_D_INSTANCE_DE_THANN = "Tribunal d'instance de Thann"
+
+
+class AgrementNiveau(OpenEnum):
+    """The values of ``niveau`` the API documents."""
+
+    NATIONAL = "national"
+    LOCAL = "local"
+
+
+class ChampActionTerritorial(OpenEnum):
+    """The values of ``champ_action_territorial`` the API documents."""
+
+    NATIONAL = "national"
+    INTERNATIONAL = "international"
+    REGIONAL = "régional"
+    DEPARTEMENTAL = "départemental"
+    LOCAL = "local"
+
+
+class TrancheEffectifCode(OpenEnum):
+    """The values of ``code`` the API documents."""
+
+    NN = "NN"
+    V_00 = "00"
+    V_01 = "01"
+    V_02 = "02"
+    V_03 = "03"
+    V_11 = "11"
+    V_12 = "12"
+    V_21 = "21"
+    V_22 = "22"
+    V_31 = "31"
+    V_32 = "32"
+    V_41 = "41"
+    V_42 = "42"
+    V_51 = "51"
+    V_52 = "52"
+    V_53 = "53"
+
+
+class DocumentDacEtat(OpenEnum):
+    """The values of ``etat`` the API documents."""
+
+    COURANT = "courant"
+    ARCHIVE = "archivé"
+
+
+class DocumentRnaType(OpenEnum):
+    """The values of ``type`` the API documents."""
+
+    PIECE = "Pièce"
+    RECIPICE = "Récipicé"
+
+
+class SousTypeCode(OpenEnum):
+    """The values of ``code`` the API documents."""
+
+    STC = "STC"
+    LDC = "LDC"
+    PV = "PV"
+    MD = "MD"
+    ARR = "ARR"
+    DCR = "DCR"
+    FRM = "FRM"
+    CR = "CR"
+    RCS = "RCS"
+    RCF = "RCF"
+    LAC = "LAC"
+    MDT = "MDT"
+    ADC = "ADC"
+    ETC = "ETC"
+    LAD = "LAD"
+    PV2 = "PV2"
+    FIN = "FIN"
+    IMC = "IMC"
+    LAS = "LAS"
+    RCC = "RCC"
+    RIN = "RIN"
+    NJO = "NJO"
+    CJO = "CJO"
+
+
+class SousTypeLibelle(OpenEnum):
+    """The values of ``libelle`` the API documents."""
+
+    STATUTS = "Statuts"
+    LISTE_DIRIGEANTS = "Liste dirigeants"
+    PROCES_VERBAL = "Procès verbal"
+    RECEPISSE_DE_MODIFICATION = "Récépissé de modification"
+    ARRETE = "Arrêté"
+    DECRET = "Décret"
+    FORMULAIRE_DECLARATION = "formulaire déclaration"
+    RECEPISSE_DE_CREATION = "Récepissé de création"
+    TELE_RECEPISSE_SIGNE_AUTOMATIQUEMENT = "télé-récépissé signé automatiquement"
+    RECEPISSE_DELIVRE = "Récépissé délivré"
+    LETTRE_DE_DECLARATION = "Lettre de déclaration"
+    LETTRE_DE_MANDAT = "Lettre de mandat"
+    ADHESION_S_LISTE_COMPLETE = "Adhésion(s) (liste complète)"
+    ETABLISSEMENT_S_LISTE_COMPLETE = "Etablissement(s) (liste complète)"
+    LETTRE_DE_DEMISSION = "Lettre de démission"
+    DEUXIEME_PV = "Deuxième PV"
+    DOCUMENT_FINANCIER = "Document financier"
+    IMMEUBLE_S_LISTE_COMPLETE = "Immeuble(s) (liste complète)"
+    LETTRE = "Lettre"
+    AUTRE = "Autre"
+    REGLEMENT_INTERIEUR = "règlement intérieur"
 
 
 @attrs.frozen(kw_only=True, repr=False)
@@ -60,7 +214,7 @@ class AdresseSiege(Record):
 class AlsaceMoselle(Record):
     """The ``alsace_moselle`` object."""
 
-    tribunal_instance: str | None
+    tribunal_instance: TribunalInstance | None
     volume: str | None
     folio: str | None
     date_publication_registre_association: dt.date | None
@@ -87,7 +241,7 @@ class Agrement(Record):
     numero: str
     date_attribution: dt.date
     type: str
-    niveau: str
+    niveau: AgrementNiveau
     attributeur: str
     url: str | None
 
@@ -102,15 +256,24 @@ class ActivitePrincipale(Record):
 
 
 @attrs.frozen(kw_only=True, repr=False)
+class TrancheEffectif(Record):
+    """The ``tranche_effectif`` object."""
+
+    code: TrancheEffectifCode | None
+    libelle: str | None
+    annee: str | None
+
+
+@attrs.frozen(kw_only=True, repr=False)
 class Activites(Record):
     """The ``activites`` object."""
 
     objet: str | None
     objet_social1: FormeJuridique
     objet_social2: FormeJuridique
-    champ_action_territorial: str | None
+    champ_action_territorial: ChampActionTerritorial | None
     activite_principale: ActivitePrincipale
-    tranche_effectif: ActivitePrincipale
+    tranche_effectif: TrancheEffectif
     economie_sociale_et_solidaire: bool | None
     date_appartenance_ess: dt.date | None
 
@@ -127,6 +290,14 @@ class Adresse(Record):
     code_insee: str | None = None
     code_postal: str | None = None
     commune: str | None = None
+
+
+@attrs.frozen(kw_only=True, repr=False)
+class EtablissementTrancheEffectif(Record):
+    """The ``tranche_effectif`` object."""
+
+    code: TrancheEffectifCode | None
+    libelle: str | None
 
 
 @attrs.frozen(kw_only=True, repr=False)
@@ -189,7 +360,7 @@ class DocumentDac(Record):
     nom: str
     annee_validite: str | None
     commentaire: str | None
-    etat: str
+    etat: DocumentDacEtat
     type: str
     date_depot: str | None
     url: str
@@ -209,7 +380,7 @@ class Etablissement(Record):
     date_debut_activite: dt.date | None
     adresse: Adresse
     activite_principale: FormeJuridique
-    tranche_effectif: FormeJuridique
+    tranche_effectif: EtablissementTrancheEffectif
     rhs: tuple[Rhs, ...]
     comptes: tuple[Compte, ...]
     representants_legaux: tuple[RepresentantLegal, ...]
@@ -245,8 +416,8 @@ class ReseauAffiliation(Record):
 class SousType(Record):
     """The ``sous_type`` object."""
 
-    code: str
-    libelle: str
+    code: SousTypeCode
+    libelle: SousTypeLibelle
 
 
 @attrs.frozen(kw_only=True, repr=False)
@@ -254,7 +425,7 @@ class DocumentRna(Record):
     """The ``document_rna`` object."""
 
     id: str | None = None
-    type: str
+    type: DocumentRnaType
     sous_type: SousType
     date_depot: dt.datetime | None
     annee_depot: str | None = None
@@ -274,10 +445,10 @@ class Association(Record):
     reconnue_utilite_publique: bool
     siret_siege: str | None
     forme_juridique: FormeJuridique
-    regime: str
-    groupement: str | None
+    regime: AssociationRegime
+    groupement: AssociationGroupement | None
     eligibilite_cec: bool
-    raison_non_eligibilite_cec: str | None
+    raison_non_eligibilite_cec: RaisonNonEligibiliteCec | None
     impots_commerciaux: bool
     date_creation: dt.date | None
     date_dissolution: dt.date | None
@@ -308,7 +479,7 @@ class AssociationOpenDataEtablissement(Record):
     date_debut_activite: dt.date | None
     adresse: Adresse
     activite_principale: FormeJuridique
-    tranche_effectif: FormeJuridique
+    tranche_effectif: EtablissementTrancheEffectif
     rhs: tuple[Rhs, ...]
     comptes: tuple[Compte, ...]
 
@@ -326,10 +497,10 @@ class AssociationOpenData(Record):
     reconnue_utilite_publique: bool
     siret_siege: str | None
     forme_juridique: FormeJuridique
-    regime: str
-    groupement: str | None
+    regime: AssociationRegime
+    groupement: AssociationGroupement | None
     eligibilite_cec: bool
-    raison_non_eligibilite_cec: str | None
+    raison_non_eligibilite_cec: RaisonNonEligibiliteCec | None
     impots_commerciaux: bool
     date_creation: dt.date | None
     date_dissolution: dt.date | None

@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from ._base import Record
+from ._base import OpenEnum, Record
 
 __all__ = [
     "Acte",
@@ -47,6 +47,65 @@ __all__ = [
 ]
 
 
+class BilanType(OpenEnum):
+    """The values of ``type`` the API documents."""
+
+    BILAN_COMPLET = "bilan complet"
+    BILAN_SIMPLIFIE = "bilan simplifié"
+    BILAN_CONSOLIDE = "bilan consolidé"
+    BILAN_DE_TYPE_BANQUE = "bilan de type banque"
+    BILAN_DE_TYPE_ASSURANCE = "bilan de type assurance"
+    BILAN_DE_TYPE_AGRICOLE_SIMPLIFIE = "bilan de type agricole simplifié"
+
+
+class DateNaissanceMois(OpenEnum):
+    """The values of ``mois`` the API documents."""
+
+    V_01 = "01"
+    V_02 = "02"
+    V_03 = "03"
+    V_04 = "04"
+    V_05 = "05"
+    V_06 = "06"
+    V_07 = "07"
+    V_08 = "08"
+    V_09 = "09"
+    V_10 = "10"
+    V_11 = "11"
+    V_12 = "12"
+
+
+class NatureEntreprise(OpenEnum):
+    """The values of ``nature_entreprise`` the API documents."""
+
+    COMMERCIALE = "COMMERCIALE"
+    ARTISANALE = "ARTISANALE"
+    AGRICOLE = "AGRICOLE"
+    LIBERALE = "LIBERALE"
+
+
+class TypeEtablissement(OpenEnum):
+    """The values of ``type_etablissement`` the API documents."""
+
+    SIEGE_ET_PRINCIPAL = "Siège et principal"
+    SIEGE = "Siège"
+    SECONDAIRE = "Secondaire"
+
+
+class EtablissementStatut(OpenEnum):
+    """The values of ``statut`` the API documents."""
+
+    ACTIF = "actif"
+    FERME = "fermé"
+
+
+class ObservationFournisseur(OpenEnum):
+    """The values of ``fournisseur`` the API documents."""
+
+    RCS = "rcs"
+    RNM = "rnm"
+
+
 @attrs.frozen(kw_only=True, repr=False)
 class TypeActe(Record):
     """The ``type_acte`` object."""
@@ -76,7 +135,7 @@ class Bilan(Record):
     date_depot: dt.date | None = None
     date_cloture: dt.date | None = None
     date_mise_a_jour: dt.date | None = None
-    type: str | None = None
+    type: BilanType | None = None
     url: str | None = None
 
 
@@ -93,7 +152,7 @@ class DateNaissance(Record):
     """The ``date_naissance`` object."""
 
     annee: str | None
-    mois: str | None
+    mois: DateNaissanceMois | None
 
 
 @attrs.frozen(kw_only=True, repr=False)
@@ -297,7 +356,7 @@ class IdentiteEntreprise(Record):
     date_fin_personne: dt.date | None
     date_cloture_exercice: str | None
     date_premiere_cloture_exercice: dt.date | None
-    nature_entreprise: str
+    nature_entreprise: NatureEntreprise
     forme_juridique: FormeJuridique
     associe_unique: bool
     activite_principales_objet_social: str | None
@@ -341,7 +400,7 @@ class Adresse(Record):
 class Etablissement(Record):
     """The ``etablissement`` object."""
 
-    type_etablissement: str | None = None
+    type_etablissement: TypeEtablissement | None = None
     date_debut_activite: dt.date | None = None
     siret: str | None = None
     code_APE: CodeAPE | None = None
@@ -350,14 +409,14 @@ class Etablissement(Record):
     activite_principale: str | None = None
     autre_activite: str | None = None
     adresse: Adresse | None = None
-    statut: str | None = None
+    statut: EtablissementStatut | None = None
 
 
 @attrs.frozen(kw_only=True, repr=False)
 class Observation(Record):
     """The ``observation`` object."""
 
-    fournisseur: str | None = None
+    fournisseur: ObservationFournisseur | None = None
     numero: str | None = None
     date: dt.date | None = None
     texte: str | None = None

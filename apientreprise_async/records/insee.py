@@ -7,7 +7,7 @@ import datetime as dt
 
 import attrs
 
-from ._base import Record
+from ._base import OpenEnum, Record, Timestamp
 
 __all__ = [
     "AcheminementPostal",
@@ -28,6 +28,127 @@ __all__ = [
 ]
 
 
+class EtatAdministratif(OpenEnum):
+    """The values of ``etat_administratif`` the API documents."""
+
+    A = "A"
+    F = "F"
+
+
+class TrancheEffectifSalarieCode(OpenEnum):
+    """The values of ``code`` the API documents."""
+
+    NN = "NN"
+    V_00 = "00"
+    V_01 = "01"
+    V_02 = "02"
+    V_03 = "03"
+    V_11 = "11"
+    V_12 = "12"
+    V_21 = "21"
+    V_22 = "22"
+    V_31 = "31"
+    V_32 = "32"
+    V_41 = "41"
+    V_42 = "42"
+    V_51 = "51"
+    V_52 = "52"
+    V_53 = "53"
+
+
+class StatusDiffusion(OpenEnum):
+    """The values of ``status_diffusion`` the API documents."""
+
+    DIFFUSIBLE = "diffusible"
+    PARTIELLEMENT_DIFFUSIBLE = "partiellement_diffusible"
+    NON_DIFFUSIBLE = "non_diffusible"
+
+
+class UniteLegaleType(OpenEnum):
+    """The values of ``type`` the API documents."""
+
+    PERSONNE_PHYSIQUE = "personne_physique"
+    PERSONNE_MORALE = "personne_morale"
+
+
+class PersonnePhysiqueAttributsSexe(OpenEnum):
+    """The values of ``sexe`` the API documents."""
+
+    M = "M"
+    F = "F"
+
+
+class CategorieEntreprise(OpenEnum):
+    """The values of ``categorie_entreprise`` the API documents."""
+
+    GE = "GE"
+    ETI = "ETI"
+    PME = "PME"
+
+
+class UniteLegaleEtatAdministratif(OpenEnum):
+    """The values of ``etat_administratif`` the API documents."""
+
+    A = "A"
+    C = "C"
+
+
+class IndiceRepetitionVoie(OpenEnum):
+    """The values of ``indice_repetition_voie`` the API documents."""
+
+    BIS = "bis"
+    TER = "ter"
+    QUARTER = "quarter"
+    QUINQUIES = "quinquies"
+
+
+class TypeVoie(OpenEnum):
+    """The values of ``type_voie`` the API documents."""
+
+    ALLEE = "ALLÉE"
+    AVENUE = "AVENUE"
+    BOULEVARD = "BOULEVARD"
+    CARREFOUR = "CARREFOUR"
+    CHEMIN = "CHEMIN"
+    CHAUSSEE = "CHAUSSÉE"
+    CITE = "CITÉ"
+    CORNICHE = "CORNICHE"
+    COURS = "COURS"
+    DOMAINE = "DOMAINE"
+    DESCENTE = "DESCENTE"
+    ECART = "ECART"
+    ESPLANADE = "ESPLANADE"
+    FAUBOURG = "FAUBOURG"
+    GRANDE_RUE = "GRANDE RUE"
+    HAMEAU = "HAMEAU"
+    HALLE = "HALLE"
+    IMPASSE = "IMPASSE"
+    LIEU_DIT = "LIEU-DIT"
+    LOTISSEMENT = "LOTISSEMENT"
+    MARCHE = "MARCHÉ"
+    MONTEE = "MONTÉE"
+    PASSAGE = "PASSAGE"
+    PLACE = "PLACE"
+    PLAINE = "PLAINE"
+    PLATEAU = "PLATEAU"
+    PROMENADE = "PROMENADE"
+    PARVIS = "PARVIS"
+    QUARTIER = "QUARTIER"
+    QUAI = "QUAI"
+    RESIDENCE = "RÉSIDENCE"
+    RUELLE = "RUELLE"
+    ROCADE = "ROCADE"
+    ROND_POINT = "ROND-POINT"
+    ROUTE = "ROUTE"
+    RUE = "RUE"
+    SENTIER = "SENTIER"
+    SQUARE = "SQUARE"
+    TERRE_PLEIN = "TERRE-PLEIN"
+    TRAVERSE = "TRAVERSE"
+    VILLA = "VILLA"
+    VILLAGE = "VILLAGE"
+
+
 @attrs.frozen(kw_only=True, repr=False)
 class ActivitePrincipale(Record):
     """The ``activite_principale`` object."""
@@ -41,7 +162,7 @@ class ActivitePrincipale(Record):
 class TrancheEffectifSalarie(Record):
     """The ``tranche_effectif_salarie`` object."""
 
-    code: str | None
+    code: TrancheEffectifSalarieCode | None
     intitule: str | None
     date_reference: str | None
     de: int | None
@@ -68,7 +189,7 @@ class PersonnePhysiqueAttributs(Record):
     prenom_4: str | None
     nom_usage: str | None
     nom_naissance: str | None
-    sexe: str | None
+    sexe: PersonnePhysiqueAttributsSexe | None
 
 
 @attrs.frozen(kw_only=True, repr=False)
@@ -86,18 +207,18 @@ class EtablissementUniteLegale(Record):
     siren: str
     rna: str | None
     siret_siege_social: str
-    type: str
+    type: UniteLegaleType
     personne_morale_attributs: PersonneMoraleAttributs
     personne_physique_attributs: PersonnePhysiqueAttributs
-    categorie_entreprise: str | None
-    status_diffusion: str
+    categorie_entreprise: CategorieEntreprise | None
+    status_diffusion: StatusDiffusion
     diffusable_commercialement: bool
     forme_juridique: FormeJuridique
     activite_principale: ActivitePrincipale
     tranche_effectif_salarie: TrancheEffectifSalarie
-    etat_administratif: str
+    etat_administratif: UniteLegaleEtatAdministratif
     economie_sociale_et_solidaire: bool | None
-    date_creation: int | None
+    date_creation: Timestamp | None
     activite_principale_naf_rev2: ActivitePrincipale
 
 
@@ -119,8 +240,8 @@ class Adresse(Record):
     """The ``adresse`` object."""
 
     numero_voie: str
-    indice_repetition_voie: str | None
-    type_voie: str | None
+    indice_repetition_voie: IndiceRepetitionVoie | None
+    type_voie: TypeVoie | None
     libelle_voie: str
     complement_adresse: str | None
     code_commune: str | None
@@ -132,7 +253,7 @@ class Adresse(Record):
     libelle_commune_etranger: str | None
     code_pays_etranger: str | None
     libelle_pays_etranger: str | None
-    status_diffusion: str
+    status_diffusion: StatusDiffusion
     acheminement_postal: AcheminementPostal
 
 
@@ -142,16 +263,16 @@ class Etablissement(Record):
 
     siret: str
     siege_social: bool
-    etat_administratif: str
-    date_fermeture: int | None
+    etat_administratif: EtatAdministratif
+    date_fermeture: Timestamp | None
     activite_principale: ActivitePrincipale
     tranche_effectif_salarie: TrancheEffectifSalarie
-    status_diffusion: str
+    status_diffusion: StatusDiffusion
     diffusable_commercialement: bool
     enseigne: str | None
     unite_legale: EtablissementUniteLegale
     adresse: Adresse
-    date_creation: int | None
+    date_creation: Timestamp | None
     activite_principale_naf_rev2: ActivitePrincipale
 
 
@@ -162,20 +283,20 @@ class UniteLegale(Record):
     siren: str
     rna: str | None
     siret_siege_social: str
-    type: str
+    type: UniteLegaleType
     personne_morale_attributs: PersonneMoraleAttributs
     personne_physique_attributs: PersonnePhysiqueAttributs
-    categorie_entreprise: str | None
-    status_diffusion: str
+    categorie_entreprise: CategorieEntreprise | None
+    status_diffusion: StatusDiffusion
     diffusable_commercialement: bool
     forme_juridique: FormeJuridique
     activite_principale: ActivitePrincipale
     tranche_effectif_salarie: TrancheEffectifSalarie
-    etat_administratif: str
+    etat_administratif: UniteLegaleEtatAdministratif
     economie_sociale_et_solidaire: bool | None
-    date_creation: int | None
+    date_creation: Timestamp | None
     activite_principale_naf_rev2: ActivitePrincipale
-    date_cessation: int | None
+    date_cessation: Timestamp | None
 
 
 @attrs.frozen(kw_only=True, repr=False)
@@ -185,18 +306,18 @@ class EtablissementV3UniteLegale(Record):
     siren: str
     rna: str | None
     siret_siege_social: str
-    type: str
+    type: UniteLegaleType
     personne_morale_attributs: PersonneMoraleAttributs
     personne_physique_attributs: PersonnePhysiqueAttributs
-    categorie_entreprise: str | None
-    status_diffusion: str
+    categorie_entreprise: CategorieEntreprise | None
+    status_diffusion: StatusDiffusion
     diffusable_commercialement: bool
     forme_juridique: FormeJuridique
     activite_principale: ActivitePrincipale
     tranche_effectif_salarie: TrancheEffectifSalarie
-    etat_administratif: str
+    etat_administratif: UniteLegaleEtatAdministratif
     economie_sociale_et_solidaire: bool | None
-    date_creation: int | None
+    date_creation: Timestamp | None
 
 
 @attrs.frozen(kw_only=True, repr=False)
@@ -205,16 +326,16 @@ class EtablissementV3(Record):
 
     siret: str
     siege_social: bool
-    etat_administratif: str
-    date_fermeture: int | None
+    etat_administratif: EtatAdministratif
+    date_fermeture: Timestamp | None
     activite_principale: ActivitePrincipale
     tranche_effectif_salarie: TrancheEffectifSalarie
-    status_diffusion: str
+    status_diffusion: StatusDiffusion
     diffusable_commercialement: bool
     enseigne: str | None
     unite_legale: EtablissementV3UniteLegale
     adresse: Adresse
-    date_creation: int | None
+    date_creation: Timestamp | None
 
 
 @attrs.frozen(kw_only=True, repr=False)
@@ -242,16 +363,16 @@ class UniteLegaleV3(Record):
     siren: str
     rna: str | None
     siret_siege_social: str
-    type: str
+    type: UniteLegaleType
     personne_morale_attributs: PersonneMoraleAttributs
     personne_physique_attributs: PersonnePhysiqueAttributs
-    categorie_entreprise: str | None
-    status_diffusion: str
+    categorie_entreprise: CategorieEntreprise | None
+    status_diffusion: StatusDiffusion
     diffusable_commercialement: bool
     forme_juridique: FormeJuridique
     activite_principale: ActivitePrincipale
     tranche_effectif_salarie: TrancheEffectifSalarie
-    etat_administratif: str
+    etat_administratif: UniteLegaleEtatAdministratif
     economie_sociale_et_solidaire: bool | None
-    date_creation: int | None
-    date_cessation: int | None
+    date_creation: Timestamp | None
+    date_cessation: Timestamp | None

@@ -7,16 +7,23 @@ import datetime as dt
 
 import attrs
 
-from ._base import Record
+from ._base import OpenEnum, Record
 
 __all__ = ["AttestationVigilance", "AttestationVigilanceV3", "EntityStatus"]
+
+
+class EntityStatusCode(OpenEnum):
+    """The values of ``code`` the API documents."""
+
+    OK = "ok"
+    REFUS_DE_DELIVRANCE = "refus_de_delivrance"
 
 
 @attrs.frozen(kw_only=True, repr=False)
 class EntityStatus(Record):
     """The ``entity_status`` object."""
 
-    code: str
+    code: EntityStatusCode
     libelle: str
     description: str
 
