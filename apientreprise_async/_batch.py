@@ -40,6 +40,7 @@ import bisect
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import pathlib
 from array import array
@@ -107,6 +108,7 @@ BATCH_RETRY = RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=60.0, deadli
 # million identical error lines. The batch stops and raises them, and writes no
 # line for the input, so that a rerun once the cause is fixed does it.
 _FATAL = (AuthenticationError, AuthorizationError, TokenExpiredError, ServiceUnreachable)
+_logger = logging.getLogger("apientreprise_async.batch")
 # Traceability refused locally is configuration, not a bad input.
 _TRACEABILITY = frozenset({"recipient", "context", "object"})
 # A local 429 (the bucket was paused between grant and send) is requeued, not
@@ -500,6 +502,14 @@ class _Gate:
             left, reason = closed
             stats.closed_reason = reason
             until = paris_time(self._now() + dt.timedelta(seconds=left))
+            if stats.closed_until is None:
+                # Once per pause, not per worker nap: a batch that waits says so.
+                _logger.info(
+                    "batch waiting for the %s until %s (Paris time)",
+                    reason,
+                    f"{until:%Y-%m-%d %H:%M}",
+                    extra={"closed_reason": reason, "closed_until": until.isoformat()},
+                )
             stats.closed_until = until.replace(microsecond=0)
             nap = min(left, _MAX_NAP)
             started = anyio.current_time()

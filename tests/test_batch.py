@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -184,8 +185,14 @@ async def test_throughput_is_the_limit_not_the_latency() -> None:
 
 
 @virtual_time
-async def test_off_peak_window_holds_calls_until_it_opens() -> None:
-    """Started at 20:00 Paris with a 22:00-06:00 window, the first call leaves two hours later."""
+async def test_off_peak_window_holds_calls_until_it_opens(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Started at 20:00 Paris with a 22:00-06:00 window, the first call leaves two hours later.
+
+    The wait is not silent: one INFO record says what the batch waits for, and until when.
+    """
+    caplog.set_level(logging.INFO, logger="apientreprise_async.batch")
     origin = dt.datetime(2025, 1, 15, 19, 0, tzinfo=dt.UTC)  # 20:00 in Paris (winter)
     base = anyio.current_time()
 
@@ -204,6 +211,8 @@ async def test_off_peak_window_holds_calls_until_it_opens() -> None:
     assert 2 * 3600 <= first_at < 2 * 3600 + 60
     assert 5 * 2 * 3600 * 0.99 <= outcomes.stats.paused  # five workers, two hours each
     assert outcomes.stats.closed_until is None
+    waits = [r.getMessage() for r in caplog.records if r.name == "apientreprise_async.batch"]
+    assert ["batch waiting for the off-peak window until 2025-01-15 22:00 (Paris time)"] == waits
 
 
 @virtual_time

@@ -705,39 +705,6 @@ async def test_example_app_runs_against_the_emulator(monkeypatch: pytest.MonkeyP
     assert "token" not in json.dumps(ok.json()).lower()
 
 
-async def test_readme_section_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's FastAPI example works as written, settings from the environment."""
-    text = (ROOT / "README.md").read_text("utf-8")
-    section = text.split("## FastAPI and browser front-ends\n", 1)[1]
-    block = section.split("```python\n", 1)[1].split("```", 1)[0]
-    emulator = Emulator()
-    emulator.add_token(TOKEN)
-    default_backend().clear()  # the example uses the process-wide governor
-    with emulator.serve(port=0) as upstream_url:
-        for name, value in {
-            "API_ENTREPRISE_TOKEN": TOKEN,
-            "API_ENTREPRISE_BASE_URL": upstream_url,
-            "API_ENTREPRISE_RECIPIENT": RECIPIENT,
-            "API_ENTREPRISE_CONTEXT": "README",
-        }.items():
-            monkeypatch.setenv(name, value)
-        namespace: dict[str, Any] = {}
-        exec(compile(block, "README.md", "exec"), namespace)
-        app: FastAPI = namespace["app"]
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as browser:
-                url = f"/cases/alice-42/v4/insee/sirene/unites_legales/{SIREN}"
-                ok = await browser.get(url, headers={"X-Agent": "alice"})
-                other = await browser.get(url, headers={"X-Agent": "bob"})
-    assert {
-        "siren": SIREN,
-        "personne_morale_attributs": {"raison_sociale": "ATELIERS MECANIQUES DU VAL DE LOIRE"},
-    } == ok.json()["data"]
-    assert 403 == other.status_code
-    assert 1 == len(emulator.requests)
-
-
 # -- startup, one error shape, OpenAPI ---------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""The README's first example, type-checked (never run: it needs a real token)."""
+"""The README's first example, type-checked (tests/test_readme.py runs it)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from apientreprise_async import AsyncClient
 
 async def main() -> None:
     """Same lines as the README."""
-    async with AsyncClient(recipient="13002526500013", context="Aides", object="dossier-42") as api:
-        ul = await api.insee.unites_legales("418 166 096")  # token: API_ENTREPRISE_TOKEN
+    async with AsyncClient() as api:  # token, recipient, context, object: API_ENTREPRISE_*
+        ul = await api.insee.unites_legales("832147656")
         print(ul.data.personne_morale_attributs.raison_sociale, ul.rate_limit)
 
 
