@@ -70,12 +70,27 @@ def test_exports_match_all() -> None:
 
 def test_builtin_identifiers_pass_luhn() -> None:
     """Every built-in SIREN and SIRET is valid, and each company has one siège."""
-    for company in COMPANIES:
+    for company in (*COMPANIES, *testing.PUBLIC_COMPANIES):
         assert is_valid_siren(company.siren)
         assert sum(e.siege for e in company.establishments) == 1
         for est in company.establishments:
             assert is_valid_siret(est.siret)
             assert est.siret.startswith(company.siren)
+
+
+async def test_dinum_is_known_like_in_production(emulator: Emulator) -> None:
+    """DINUM, a real public body, answers with its public identifiers: examples run on both."""
+    async with http(emulator) as client:
+        ul = await client.get("/v4/insee/sirene/unites_legales/130025265", params=trace())
+        siege = await client.get("/v4/insee/sirene/etablissements/13002526500013", params=trace())
+    assert (200, 200) == (ul.status_code, siege.status_code)
+    data = ul.json()["data"]
+    assert (
+        "DIRECTION INTERMINISTERIELLE DU NUMERIQUE"
+        == data["personne_morale_attributs"]["raison_sociale"]
+    )
+    assert "13002526500013" == data["siret_siege_social"]
+    assert "130025265" == siege.json()["data"]["unite_legale"]["siren"]
 
 
 async def test_builtin_unite_legale(emulator: Emulator) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ._conformance import check_backend as check_backend
 from ._data import COMPANIES as COMPANIES
+from ._data import PUBLIC_COMPANIES as PUBLIC_COMPANIES
 from ._data import Company as Company
 from ._data import Establishment as Establishment
 from ._emulator import DroppedConnection as DroppedConnection
@@ -26,6 +27,7 @@ from ._server import RunningServer as RunningServer
 
 __all__ = [
     "COMPANIES",
+    "PUBLIC_COMPANIES",
     "Company",
     "DroppedConnection",
     "Emulator",

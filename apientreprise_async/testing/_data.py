@@ -20,6 +20,7 @@ from apientreprise_async._catalogue import Endpoint
 __all__ = [
     "COMPANIES",
     "PROVIDERS",
+    "PUBLIC_COMPANIES",
     "Company",
     "Establishment",
     "builtin_answer",
@@ -265,9 +266,39 @@ COMPANIES: tuple[Company, ...] = (
     ),
 )
 
-_BY_SIREN = {c.siren: c for c in COMPANIES}
-_BY_SIRET = {e.siret: (c, e) for c in COMPANIES for e in c.establishments}
-_BY_RNA = {c.rna: c for c in COMPANIES if c.rna}
+#: Real public bodies the emulator also knows, so that an example runs unchanged against it
+#: and against the API: their identifiers and names are the public ones (the rest is
+#: simplified). DINUM's SIRET is also the ``recipient`` of the API's own examples.
+PUBLIC_COMPANIES: tuple[Company, ...] = (
+    Company(
+        siren="130025265",
+        raison_sociale="DIRECTION INTERMINISTERIELLE DU NUMERIQUE",
+        sigle="DINUM",
+        forme_juridique=("7120", "Service central d'un ministère"),
+        naf=("84.11Z", "Administration publique générale"),
+        categorie="GE",
+        created=dt.date(2019, 10, 25),
+        ess=None,
+        establishments=(
+            Establishment(
+                siret="13002526500013",
+                siege=True,
+                numero_voie="20",
+                type_voie="AVENUE",
+                libelle_voie="DE SEGUR",
+                code_postal="75007",
+                libelle_commune="PARIS 7",
+                code_commune="75107",
+                created=dt.date(2019, 10, 25),
+            ),
+        ),
+    ),
+)
+
+_KNOWN = (*COMPANIES, *PUBLIC_COMPANIES)
+_BY_SIREN = {c.siren: c for c in _KNOWN}
+_BY_SIRET = {e.siret: (c, e) for c in _KNOWN for e in c.establishments}
+_BY_RNA = {c.rna: c for c in _KNOWN if c.rna}
 # A fixed "last update" so answers are reproducible: 2025-01-06 00:00 Paris.
 _UPDATED = 1736118000
 
