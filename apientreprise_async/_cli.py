@@ -353,6 +353,7 @@ def _python_names() -> dict[str, str]:
     tree = ast.parse(pathlib.Path(_gen_resources.__file__).read_text("utf-8"))
     groups: dict[str, str] = {}  # class name -> attribute on the client
     methods: dict[str, dict[str, list[str]]] = {}
+    aliases: set[tuple[str, str]] = set()  # deprecated names, kept working
     for node in tree.body:
         if not isinstance(node, ast.ClassDef):
             continue
@@ -372,12 +373,16 @@ def _python_names() -> dict[str, str]:
                 ]
                 if ids:
                     methods.setdefault(node.name, {})[item.name] = ids
+                if "deprecated; use" in ast.unparse(item):
+                    aliases.add((node.name, item.name))
     names: dict[str, str] = {"privileges": "api_entreprise_privileges"}
     for class_name, found in methods.items():
         group = groups.get(class_name)
         if group is None:
             continue
-        for method, ids in found.items():
+        # Deprecated aliases first: an operation's current name comes last and wins
+        # wherever one name per operation is shown (`call --list`).
+        for method, ids in sorted(found.items(), key=lambda m: (class_name, m[0]) not in aliases):
             endpoints = [get_endpoint(i) for i in ids]
             current = [e for e in endpoints if not e.deprecated] or endpoints
             names[f"{group}.{method}"] = max(current, key=lambda e: e.version).operation_id
