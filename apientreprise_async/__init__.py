@@ -19,6 +19,7 @@ from ._circuit import CircuitPolicy as CircuitPolicy
 from ._client import DOCUMENT_CONTENT_TYPES as DOCUMENT_CONTENT_TYPES
 from ._client import AsyncClient as AsyncClient
 from ._client import TokenExpiryWarning as TokenExpiryWarning
+from ._config import SizeLimits as SizeLimits
 from ._config import Timeouts as Timeouts
 from ._errors import ApiEntrepriseError as ApiEntrepriseError
 from ._errors import ApiError as ApiError
@@ -93,6 +94,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "ServiceUnreachable",
+    "SizeLimits",
     "Stats",
     "Timeouts",
     "Timestamp",

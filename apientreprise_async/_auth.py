@@ -8,12 +8,18 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+import logging
+import re
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["AuthStrategy", "BearerToken", "TokenInfo", "fingerprint"]
+from ._errors import AuthenticationError, InvalidParameterError
+
+__all__ = ["AuthStrategy", "BearerToken", "Credentials", "TokenInfo", "check_token", "fingerprint"]
+
+_logger = logging.getLogger("apientreprise_async")
 
 # A fixed key: fingerprints must agree across processes sharing a Redis governor,
 # and the point is only that the token itself never appears in keys or logs.
@@ -108,6 +114,129 @@ def _epoch(value: Any) -> dt.datetime | None:
         return None
 
 
+# Visible ASCII only (RFC 9110 token68 and JWTs are narrower still): anything else
+# either breaks the HTTP layer, whose error then quotes the header, or is a paste accident.
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+# Header values of a strategy may hold spaces ("Bearer x"), never controls or non-ASCII.
+_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_warned_shape: set[str] = set()
+
+
+def _first_bad(text: str) -> tuple[int, str] | None:
+    """Position and description of the first character that is not visible ASCII."""
+    for index, char in enumerate(text):
+        code = ord(char)
+        if not 0x21 <= code <= 0x7E:
+            if code == 0xFEFF:
+                what = "a byte order mark"
+            elif code < 0x20 or code == 0x7F:
+                what = f"a control character (U+{code:04X})"
+            elif char.isspace():
+                what = "a space"
+            else:
+                what = "a non-ASCII character"
+            return index, what
+    return None
+
+
+def check_token(token: object) -> str:
+    """Return ``token`` without surrounding whitespace, or raise without quoting it.
+
+    A token is visible ASCII (``!`` to ``~``). One that does not look like a
+    JWT (three base64url parts) is accepted with a warning in the log, once.
+
+    Raises:
+        InvalidParameterError: ``token`` is not a string, is empty or holds
+            another character (the message names its position, never the token).
+    """
+    if not isinstance(token, str):
+        raise InvalidParameterError(
+            "token", f"must be a string, not {type(token).__name__} (its value is not shown)"
+        )
+    text = token.strip()
+    if not text:
+        raise InvalidParameterError("token", "is empty")
+    if _VISIBLE_ASCII.fullmatch(text) is None:
+        bad = _first_bad(text)
+        assert bad is not None
+        index, what = bad
+        del text, token  # out of this frame before the error is seen (frame-local captures)
+        raise InvalidParameterError(
+            "token",
+            f"holds {what} at position {index}; a token is visible ASCII only "
+            "(was it copied whole, from the dashboard?). Its value is not shown",
+        )
+    if _JWT_SHAPE.fullmatch(text) is None:
+        name = fingerprint(text)
+        if name not in _warned_shape:
+            _warned_shape.add(name)
+            _logger.warning(
+                "the token %s... does not look like a JWT (three base64url parts separated "
+                "by dots); API Entreprise tokens are JWTs: check it was copied whole",
+                name[:8],
+                extra={"token_fingerprint": name[:8]},
+            )
+    return text
+
+
+class Credentials:
+    """Authentication headers of one request, masked in ``repr`` and in frame captures.
+
+    Not a mapping on purpose: error reporters (Sentry, ``rich`` tracebacks with
+    locals) walk mappings they find in frames, but only ``repr`` other objects.
+    """
+
+    __slots__ = ("__pairs",)
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self.__pairs = tuple(pairs)
+
+    @classmethod
+    def from_strategy(cls, strategy: AuthStrategy) -> Credentials:
+        """Ask ``strategy`` for its headers and check them.
+
+        Raises:
+            AuthenticationError: the strategy failed or gave an unusable header
+                (its value is never quoted).
+        """
+        try:
+            given = strategy.auth_headers()
+            pairs = [(str(name), str(value)) for name, value in given.items()]
+        except Exception as exc:
+            raise AuthenticationError(f"the auth strategy failed: {type(exc).__name__}") from exc
+        del given
+        for name, value in pairs:
+            if _HEADER_NAME.fullmatch(name) is None:
+                pairs.clear()
+                raise AuthenticationError("the auth strategy gave an invalid header name")
+            if _HEADER_VALUE.fullmatch(value) is None:
+                bad = _first_bad(value.strip()) or (0, "surrounding spaces")
+                pairs.clear()
+                del value
+                raise AuthenticationError(
+                    f"the auth strategy's {name} header holds {bad[1]} at position {bad[0]}; "
+                    "a header value is visible ASCII. Its value is not shown"
+                )
+        return cls(pairs)
+
+    def names(self) -> tuple[str, ...]:
+        """The header names (values stay inside)."""
+        return tuple(name for name, _ in self.__pairs)
+
+    def apply(self, headers: MutableMapping[str, str]) -> None:
+        """Set the headers on an outgoing request's headers."""
+        for name, value in self.__pairs:
+            headers[name] = value
+
+    def __repr__(self) -> str:
+        return f"Credentials({', '.join(f'{name}=***' for name, _ in self.__pairs)})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Credentials cannot be pickled (they hold a secret)")
+
+
 class BearerToken:
     """A static API Entreprise JWT sent as ``Authorization: Bearer``.
 
@@ -117,11 +246,7 @@ class BearerToken:
     __slots__ = ("__token", "_fingerprint", "_info")
 
     def __init__(self, token: str) -> None:
-        token = token.strip()
-        if not token:
-            raise ValueError("token: empty")
-        if any(c.isspace() for c in token):
-            raise ValueError("token: contains whitespace")
+        token = check_token(token)
         self.__token = token
         self._fingerprint = fingerprint(token)
         self._info = TokenInfo.from_jwt(token)

@@ -73,6 +73,7 @@ from ._governor import Counters
 from ._maintenance import maintenance_remaining, paris_time
 from ._response import Response
 from ._retry import RetryPolicy
+from .audit import _field
 
 if TYPE_CHECKING:
     from ._client import AsyncClient
@@ -211,7 +212,7 @@ class Outcome:
     def to_json(self) -> dict[str, Any]:
         """The checkpoint line: input, operation, status, then the data or the error."""
         line: dict[str, Any] = {
-            "input": self.input,
+            "input": _plain(self.input),
             "operation": self.operation,
             "index": self.index,
             "status": self.status,
@@ -335,10 +336,28 @@ class _Job:
     operation: str
 
 
-def _key(value: Input) -> str:
-    if isinstance(value, str):
-        return value.strip()
-    return json.dumps(dict(value), sort_keys=True, ensure_ascii=False, default=str)
+def _plain(value: Any) -> Any:
+    """An input as the output file writes it: JSON-ready, whatever the caller passed.
+
+    Inputs come from files and data frames: ``int`` identifiers, ``None`` for
+    an empty cell, a 5,000-digit number. Each one is written, never fatal.
+    """
+    if value is None or isinstance(value, str | bool | float):
+        return value
+    if isinstance(value, int):
+        return value if value.bit_length() <= 128 else _field(value)
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    return _field(value)
+
+
+def _key(value: Any) -> str:
+    # A line read back from the output must give the key of the input it was
+    # written for: both go through _plain first.
+    plain = _plain(value)
+    if isinstance(plain, str):
+        return plain.strip()
+    return json.dumps(plain, sort_keys=True, ensure_ascii=False, default=str)
 
 
 def _digest(operation: str, value: Input) -> int:
@@ -830,9 +849,15 @@ class Batch:
 
     def _params_for(self, job: _Job, endpoint: Endpoint) -> dict[str, Any]:
         if self._params is not None:
-            return dict(self._params(job.input, job.operation))
-        if not isinstance(job.input, str):
-            return dict(job.input)
+            try:
+                given = dict(self._params(job.input, job.operation))
+            except Exception as exc:
+                raise InvalidParameterError(
+                    "input", f"the params function failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            return _keywords(given)
+        if isinstance(job.input, Mapping):
+            return _keywords(dict(job.input))
         names = endpoint.path_params
         if len(names) != 1:
             raise InvalidParameterError(
@@ -841,12 +866,14 @@ class Batch:
                 "give mappings as inputs or a params function",
             )
         param = names[0]
-        value = job.input
-        if param.kind is IdKind.SIREN:
+        # Anything else is the identifier itself (a str, an int from a data frame,
+        # None from an empty cell): the client validates it, refuses and audits it.
+        value: Any = job.input
+        if param.kind is IdKind.SIREN and isinstance(value, str) and len(value) <= 64:
             # A SIRET's first nine digits are its company's SIREN: one file of
             # SIRETs can feed operations on both.
             compact = "".join(value.split())
-            if len(compact) == 14 and compact.isdigit():
+            if len(compact) == 14 and compact.isascii() and compact.isdigit():
                 value = compact[:9]
         return {param.name: value}
 
@@ -877,6 +904,14 @@ class Batch:
         finally:
             stats.in_flight -= 1
         return Outcome(job.input, job.operation, job.index, response, elapsed=_since(started))
+
+
+def _keywords(params: dict[Any, Any]) -> dict[str, Any]:
+    """Parameters whose names can be keywords of a call."""
+    for name in params:
+        if not isinstance(name, str):
+            raise InvalidParameterError("input", f"parameter names are strings, not {name!r:.40}")
+    return params
 
 
 def _since(started: float) -> float:

@@ -108,20 +108,53 @@ _DEMO_OPERATION = "api_entreprise_v4_insee_unites_legales"
 _DEMO_RECIPIENT = "13002526500013"
 
 
+class _UsageError(Exception):
+    """argparse refused the command line (raised instead of printing and exiting)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (by :func:`main`, values hidden)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(self, message)
+
+
+# Arguments longer than this are never repeated in a message: a token pasted on
+# the command line by mistake must not be printed again (terminals, CI logs).
+_SHOWN_ARGUMENT = 16
+
+
+def _hidden(text: str) -> str:
+    """An argument as messages may show it: itself when short, else its length only."""
+    if len(text) <= _SHOWN_ARGUMENT and text.isprintable():
+        return text
+    return f"<{len(text)} characters, not shown>"
+
+
+def _redact(message: str, arguments: Sequence[str]) -> str:
+    """``message`` with every long argument value replaced by its length."""
+    values = set()
+    for argument in arguments:
+        values.add(argument)
+        if argument.startswith("-") and "=" in argument:
+            values.add(argument.split("=", 1)[1])
+    for value in sorted(values, key=len, reverse=True):
+        if len(value) > _SHOWN_ARGUMENT or not value.isprintable():
+            message = message.replace(value, _hidden(value))
+    return message
+
+
 class CliError(Exception):
     """A failure the command reports in one line, with its exit code."""
 
     def __init__(self, message: str, code: int = EXIT_CONFIG) -> None:
         super().__init__(message)
         self.code = code
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one line on stderr, not the usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USAGE)
 
 
 # -- arguments -------------------------------------------------------------------------
@@ -273,9 +306,12 @@ def _parser() -> argparse.ArgumentParser:
 def _read_token(token_file: str | None) -> str:
     if token_file:
         try:
-            token = pathlib.Path(token_file).read_text("utf-8").strip()
+            # utf-8-sig: Notepad and PowerShell start UTF-8 files with a byte order mark.
+            token = pathlib.Path(token_file).read_text("utf-8-sig").strip()
         except OSError as exc:
             raise CliError(f"cannot read the token file {token_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise CliError(f"the token file {token_file} is not UTF-8 text") from None
         if not token:
             raise CliError(f"the token file {token_file} is empty")
         return token
@@ -401,7 +437,9 @@ def _operation(name: str) -> Endpoint:
     known = [e.operation_id for e in all_endpoints()] + list(_python_names())
     close = [k for k in known if name and name in k][:3]
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise CliError(f"unknown operation {name!r}{hint}; see `apientreprise call --list`") from None
+    raise CliError(
+        f"unknown operation {_hidden(name)!r}{hint}; see `apientreprise call --list`"
+    ) from None
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -1105,7 +1143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "set API_ENTREPRISE_TOKEN or pass --token-file FILE"
         )
         return EXIT_USAGE
-    args = _parser().parse_args(arguments)
+    try:
+        args = _parser().parse_args(arguments)
+    except _UsageError as exc:
+        # argparse quotes the offending values; one may be a token pasted by mistake.
+        prog = exc.parser.prog
+        message = _redact(exc.message, arguments)
+        print(f"{prog}: {message} (see {prog} --help)", file=sys.stderr, flush=True)
+        return EXIT_USAGE
     _quiet_library()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:

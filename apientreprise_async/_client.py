@@ -11,6 +11,7 @@ import pathlib
 import re
 import secrets
 import time
+import traceback
 import warnings
 from collections.abc import Collection, Mapping
 from types import MappingProxyType, TracebackType
@@ -21,12 +22,21 @@ import attrs
 import httpx
 
 from . import _version
-from ._auth import AuthStrategy, BearerToken, TokenInfo
+from ._auth import AuthStrategy, BearerToken, Credentials, TokenInfo
 from ._batch import Batch, BatchOptions, Inputs, Operations
 from ._catalogue import DOWNLOAD_ENDPOINT, Endpoint, IdKind, TimeoutClass, get_endpoint, match_path
 from ._circuit import Circuit, CircuitPolicy
 from ._coalesce import Coalescer, InFlight
-from ._config import USE_DEFAULT, Settings, Timeouts, UseDefault, resolve_base_url
+from ._config import (
+    USE_DEFAULT,
+    Settings,
+    SizeLimits,
+    Timeouts,
+    UseDefault,
+    check_tls,
+    origin,
+    resolve_base_url,
+)
 from ._convert import misfit_error, structure_lenient
 from ._errors import (
     ApiEntrepriseError,
@@ -39,16 +49,22 @@ from ._errors import (
     TransportError,
     UnexpectedPayloadError,
     _NotAnEnvelope,
+    _Oversized,
     error_from_response,
 )
 from ._gen_resources import Resources
-from ._governor import Governor, Limits, default_governor
-from ._identifiers import normalize_identifier, validate_traceability
+from ._governor import Governor, Limits, Permit, default_governor
+from ._identifiers import (
+    normalize_identifier,
+    shown,
+    validate_query_text,
+    validate_traceability,
+)
 from ._maintenance import maintenance_remaining
 from ._response import Response, parse_rate_limit
 from ._retry import Attempt, RetryPolicy, annotate, describe
 from ._telemetry import Stats, StatsCollector, Telemetry
-from .audit import AuditErrors, AuditRecord, AuditSink, _emit, _entity_of
+from .audit import AuditError, AuditErrors, AuditRecord, AuditSink, _emit, _entity_of, _field
 from .records.api_entreprise import Privileges
 
 __all__ = ["DOCUMENT_CONTENT_TYPES", "AsyncClient", "TokenExpiryWarning"]
@@ -187,6 +203,143 @@ class _State(enum.Enum):
     CLOSED = 3
 
 
+def _check_extra_headers(headers: Mapping[str, str], credentials: Credentials) -> None:
+    """Refuse caller headers that would replace the credentials or break the request."""
+    taken = {name.lower() for name in credentials.names()}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise InvalidParameterError("headers", "names and values must be strings")
+        if name.lower() in taken:
+            raise InvalidParameterError(
+                "headers", f"{name} is set by the client's token or auth strategy"
+            )
+        if not name.isascii() or not value.isascii() or any(c in value for c in "\r\n\x00"):
+            raise InvalidParameterError(
+                "headers", f"{name}: names and values are ASCII without line breaks"
+            )
+
+
+def _scrubbed(exc: BaseException) -> BaseException:
+    """``exc`` with the locals of its finished frames cleared, its traceback lines kept.
+
+    HTTP-layer frames hold the outgoing headers (h11 events, header lists):
+    an error reporter capturing the locals of a chained cause would record
+    the ``Authorization`` value.
+    """
+    traceback.clear_frames(exc.__traceback__)
+    return exc
+
+
+def _announced(answer: httpx.Response) -> int | None:
+    """The ``Content-Length`` of an answer, when it is a plain number."""
+    text = answer.headers.get("content-length", "")
+    if 0 < len(text) <= 20 and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+async def _read_within(answer: httpx.Response, max_size: int, url: str, op_id: str | None) -> None:
+    """Read ``answer``'s body into it, refusing more than ``max_size`` decoded bytes."""
+    announced = _announced(answer)
+    if announced is not None and announced > max_size:
+        raise _Oversized(
+            f"the answer announces {announced:,} bytes; the limit is {max_size:,} (SizeLimits)",
+            url=url,
+            operation_id=op_id,
+        )
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in answer.aiter_bytes():
+            size += len(chunk)
+            if size > max_size:
+                chunks.clear()
+                raise _Oversized(
+                    f"the answer exceeds the limit of {max_size:,} bytes (SizeLimits); "
+                    "reading stopped there",
+                    url=url,
+                    operation_id=op_id,
+                )
+            chunks.append(chunk)
+    except httpx.HTTPError as exc:
+        raise TransportError(
+            f"the answer broke off: {type(exc).__name__} on {answer.request.url.path}",
+            url=url,
+            operation_id=op_id,
+        ) from _scrubbed(exc)
+    # What Response.aread() would store: json(), content and text work as usual.
+    answer._content = b"".join(chunks)
+
+
+def _check_transport_tls(
+    transport: httpx.AsyncBaseTransport | None, http_client: httpx.AsyncClient | None
+) -> None:
+    """Refuse a caller's transport or client built with certificate checks off.
+
+    httpx keeps the TLS context in its connection pool; transports that are
+    not httpx's network transport (respx, ASGI, an emulator) have no TLS at all.
+    """
+    transports: list[Any] = [transport]
+    if http_client is not None:
+        transports.append(getattr(http_client, "_transport", None))
+        transports.extend(getattr(http_client, "_mounts", {}).values())
+    for candidate in transports:
+        if not isinstance(candidate, httpx.AsyncHTTPTransport):
+            continue
+        pool = getattr(candidate, "_pool", None)
+        for name in ("_ssl_context", "_proxy_ssl_context"):
+            context = getattr(pool, name, None)
+            if context is not None:
+                try:
+                    check_tls(context)
+                except InvalidParameterError:
+                    raise InvalidParameterError(
+                        "verify" if http_client is None else "http_client",
+                        "TLS verification cannot be disabled: the given "
+                        f"{'http_client' if http_client is not None else 'transport'} does not "
+                        "check certificates (verify=False or a context without CERT_REQUIRED and "
+                        "check_hostname); build it with the default verify=True",
+                    ) from None
+
+
+def _path_problem(path: object) -> InvalidParameterError | None:
+    """Why ``get()`` may not send ``path`` (a query, a dot segment...); ``None`` if it may."""
+    if not isinstance(path, str):
+        return InvalidParameterError("path", f"{shown(path)}: expected a string")
+    if len(path) > 2048 or not path.isascii() or not path.isprintable() or " " in path:
+        return InvalidParameterError(
+            "path", f"{shown(path)}: expected printable ASCII without spaces, at most 2048"
+        )
+    if "?" in path or "#" in path or "\\" in path:
+        return InvalidParameterError(
+            "path", f"{shown(path)}: give query parameters in params=, not in the path"
+        )
+    if any(segment in (".", "..") for segment in path.split("/")):
+        return InvalidParameterError("path", f"{shown(path)}: dot segments are refused")
+    return None
+
+
+def _document_url(document_url: object) -> httpx.URL:
+    """The URL to download, refused locally unless it is a plain http(s) URL."""
+    if not isinstance(document_url, str | httpx.URL):
+        raise InvalidParameterError(
+            "document_url", f"must be a string, not {type(document_url).__name__}"
+        )
+    text = str(document_url)
+    shown = text if len(text) <= 200 else text[:200] + "..."
+    if any(ord(c) < 0x20 or c == "\x7f" for c in text):
+        raise InvalidParameterError("document_url", f"{shown!r} holds control characters")
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL:
+        raise InvalidParameterError("document_url", f"{shown!r} is not a URL") from None
+    if url.scheme not in {"http", "https"} or not url.host:
+        raise InvalidParameterError("document_url", f"{shown!r} is not an http(s) URL")
+    if url.userinfo:
+        raise InvalidParameterError("document_url", "a URL with credentials in it is refused")
+    return url
+
+
 def _user_agent() -> str:
     # Exactly the DINUM spec's §10 format: the operator recognises official clients by it.
     return f"api-entreprise-python/{_version.version()} (+https://github.com/datagouv/apistration)"
@@ -207,13 +360,15 @@ class AsyncClient(Resources):
             (else ``API_ENTREPRISE_RECIPIENT``, ``_CONTEXT`` and ``_OBJECT``).
         environment: ``"production"`` (default) or ``"staging"`` (else ``API_ENTREPRISE_ENV``).
         base_url: any base URL (else ``API_ENTREPRISE_BASE_URL``, else the environment's).
-        timeouts: per-call-class timeouts.
+        timeouts: per-call-class timeouts, and the deadline of one attempt.
+        sizes: the largest answer accepted per class of call (:class:`SizeLimits`).
         limits: rate limits for a governor private to this client.
         governor: a :class:`Governor` to share; defaults to the process-wide one.
         max_wait: admission deadline in seconds (``None`` waits as long as needed).
         transport: an httpx async transport (respx, ``httpx.ASGITransport``...).
         http_client: a caller-owned ``httpx.AsyncClient``; never closed by this client.
-        verify: a CA bundle path or an ``ssl.SSLContext``; ``False`` is refused.
+        verify: a CA bundle path or an ``ssl.SSLContext``; ``False``, a context that
+            does not check certificates, or such a ``transport``/``http_client``, is refused.
         check_maintenance: refuse calls locally during maintenance windows.
         retry_rate_limited: after a 429, wait for the governor's pause and go again.
         retry: a :class:`RetryPolicy` for transient failures (off by default).
@@ -237,6 +392,7 @@ class AsyncClient(Resources):
         environment: str | None = None,
         base_url: str | None = None,
         timeouts: Timeouts | None = None,
+        sizes: SizeLimits | None = None,
         limits: Limits | None = None,
         governor: Governor | None = None,
         max_wait: float | None = None,
@@ -268,6 +424,8 @@ class AsyncClient(Resources):
             raise ValueError("pass either limits or governor, not both")
         if transport is not None and http_client is not None:
             raise ValueError("pass either transport or http_client, not both")
+        check_tls(verify)
+        _check_transport_tls(transport, http_client)
         url, env_name = resolve_base_url(base_url, environment)
         # Like the command line and the FastAPI lifespan: the same variables
         # mean the same thing in every entry point.
@@ -288,6 +446,7 @@ class AsyncClient(Resources):
             user=user,
             case=case,
             strict=strict,
+            sizes=sizes or SizeLimits(),
         )
         if governor is None:
             governor = Governor(limits) if limits is not None else default_governor()
@@ -496,13 +655,18 @@ class AsyncClient(Resources):
         """
         endpoint = get_endpoint(operation_id)
         path_values: dict[str, Any] = {}
+        refused: InvalidParameterError | None = None
         for param in endpoint.path_params:
             if param.name not in params:
-                raise InvalidParameterError(param.name, "is required by " + operation_id)
-            path_values[param.name] = params.pop(param.name)
+                refused = refused or InvalidParameterError(
+                    param.name, "is required by " + operation_id
+                )
+            path_values[param.name] = params.pop(param.name, None)
         unknown = params.keys() - endpoint.query_by_name.keys()
         if unknown:
-            raise InvalidParameterError(sorted(unknown)[0], f"is not a parameter of {operation_id}")
+            refused = refused or InvalidParameterError(
+                sorted(unknown)[0], f"is not a parameter of {operation_id}"
+            )
         return await self._request(
             endpoint,
             path_values,
@@ -518,6 +682,7 @@ class AsyncClient(Resources):
             user=user,
             case=case,
             strict=strict,
+            refused=refused,
         )
 
     async def get(
@@ -544,9 +709,10 @@ class AsyncClient(Resources):
         recipient = query.pop("recipient", None)
         context = query.pop("context", None)
         object_ = query.pop("object", None)
-        path = "/" + path.lstrip("/")
+        refused = _path_problem(path)
+        path = "/" + path.lstrip("/") if refused is None else "/"
         found = match_path(path)
-        if found is None:
+        if found is None or refused is not None:
             endpoint = Endpoint(operation_id="", path=path, provider="", version=0)
             path_values: dict[str, Any] = {}
         else:
@@ -566,6 +732,7 @@ class AsyncClient(Resources):
             coalesce=coalesce,
             user=user,
             case=case,
+            refused=refused,
         )
 
     async def privileges(
@@ -593,12 +760,15 @@ class AsyncClient(Resources):
         content_types: Collection[str] | None = DOCUMENT_CONTENT_TYPES,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        max_size: int | None = None,
     ) -> pathlib.Path:
         """Stream a document (a ``document_url`` of an answer) to a file.
 
         The download goes through the governor's document bucket and uses the
         download timeout. Bytes go to a temporary file beside the destination,
         renamed over it only once complete: the destination is never partial.
+        The token goes along only when the URL has the API's own origin
+        (scheme, host and port: https, or the loopback base URL of an emulator).
 
         Args:
             document_url: the URL the API returned.
@@ -607,58 +777,73 @@ class AsyncClient(Resources):
             content_types: accepted ``Content-Type`` values; ``None`` accepts any.
             timeout: read timeout in seconds (default: the client's download timeout).
             max_wait: how long the governor may hold the download back.
+            max_size: the largest file accepted, in bytes (default:
+                ``SizeLimits.download``).
 
         Returns:
             The path written.
 
         Raises:
+            InvalidParameterError: not an http(s) URL (nothing sent).
             UnexpectedPayloadError: the server sent another content type (nothing written).
             ApiError: the server answered with an error status.
-            TransportError: no answer, or the transfer broke (nothing written).
+            TransportError: no answer, the transfer broke, went past the deadline of
+                an attempt or past ``max_size`` (nothing written).
 
         .. versionadded:: 0.1.0
         """
         if self._state is _State.CLOSED:
             raise RuntimeError("this AsyncClient is closed")
-        url = httpx.URL(document_url)
-        if url.scheme not in {"http", "https"} or not url.host:
-            raise InvalidParameterError("document_url", f"{document_url!r} is not an http(s) URL")
+        url = _document_url(document_url)
+        settings = self._settings
+        limit = settings.sizes.download if max_size is None else max_size
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidParameterError("max_size", f"a positive number of bytes, not {limit!r}")
         target = pathlib.Path(destination)
         if await anyio.Path(target).is_dir():
             target = target / (url.path.rsplit("/", 1)[-1] or "document")
-        headers = {"User-Agent": self._settings.user_agent}
-        # Document URLs usually point at a storage host: the token only goes to the API.
-        if url.host == httpx.URL(self._settings.base_url).host:
-            headers.update(self._auth_headers(DOWNLOAD_ENDPOINT))
-        read = (
-            timeout
-            if timeout is not None
-            else self._settings.timeouts.read_for(TimeoutClass.DOWNLOAD)
-        )
-        wait = self._settings.max_wait if max_wait is USE_DEFAULT else max_wait
+        headers = {"User-Agent": settings.user_agent}
+        read = timeout if timeout is not None else settings.timeouts.read_for(TimeoutClass.DOWNLOAD)
+        wait = settings.max_wait if max_wait is USE_DEFAULT else max_wait
         request = self._http.build_request(
             "GET",
             url,
             headers=headers,
-            timeout=httpx.Timeout(read, connect=self._settings.timeouts.connect),
+            timeout=httpx.Timeout(read, connect=settings.timeouts.connect),
         )
+        # Document URLs usually point at a storage host: the token only goes to the
+        # API's own origin (base_url is https, or a loopback emulator: see resolve_base_url).
+        if origin(str(url)) == origin(settings.base_url):
+            self._credentials(DOWNLOAD_ENDPOINT).apply(request.headers)
         partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+        deadline = settings.timeouts.total_for(read)
         async with self._governor.permit(
             self._auth.fingerprint, DOWNLOAD_ENDPOINT, max_wait=wait
         ) as permit:
             permit.sending()
-            try:
-                answer = await self._http.send(request, stream=True, follow_redirects=True)
-            except httpx.HTTPError as exc:
+            with anyio.move_on_after(deadline) as scope:
+                try:
+                    # httpx drops Authorization on a redirect to another origin.
+                    answer = await self._http.send(request, stream=True, follow_redirects=True)
+                except httpx.HTTPError as exc:
+                    raise TransportError(
+                        f"no answer: {type(exc).__name__} downloading {url.path}", url=str(url)
+                    ) from _scrubbed(exc)
+                try:
+                    permit.observe(answer.status_code, answer.headers)
+                    await self._check_download(answer, str(url), content_types)
+                    await self._stream_to(answer, partial, target, str(url), limit)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await answer.aclose()
+            if scope.cancelled_caught:
+                with anyio.CancelScope(shield=True):
+                    await anyio.Path(partial).unlink(missing_ok=True)
                 raise TransportError(
-                    f"no answer: {type(exc).__name__} downloading {url.path}", url=str(url)
-                ) from exc
-            try:
-                permit.observe(answer.status_code, answer.headers)
-                await self._check_download(answer, str(url), content_types)
-                await self._stream_to(answer, partial, target, str(url))
-            finally:
-                await answer.aclose()
+                    f"downloading {url.path} took longer than the {deadline:.1f} s deadline "
+                    "of an attempt (Timeouts.total); nothing written",
+                    url=str(url),
+                )
         return target
 
     async def _check_download(
@@ -691,11 +876,31 @@ class AsyncClient(Resources):
             )
 
     async def _stream_to(
-        self, answer: httpx.Response, partial: pathlib.Path, target: pathlib.Path, url: str
+        self,
+        answer: httpx.Response,
+        partial: pathlib.Path,
+        target: pathlib.Path,
+        url: str,
+        max_size: int,
     ) -> None:
+        announced = _announced(answer)
+        if announced is not None and announced > max_size:
+            raise _Oversized(
+                f"the document announces {announced:,} bytes; the limit is "
+                f"{max_size:,} (max_size, SizeLimits.download); nothing written",
+                url=url,
+            )
+        written = 0
         try:
             async with await anyio.open_file(partial, "wb") as out:
                 async for chunk in answer.aiter_bytes():
+                    written += len(chunk)
+                    if written > max_size:
+                        raise _Oversized(
+                            f"the document exceeds the limit of {max_size:,} bytes "
+                            "(max_size, SizeLimits.download); nothing written",
+                            url=url,
+                        )
                     await out.write(chunk)
             await anyio.Path(partial).replace(target)
         except BaseException as exc:
@@ -731,7 +936,11 @@ class AsyncClient(Resources):
         """
         params: dict[str, Any] = {}
         if endpoint.traceability:
-            params.update(_validated_traceability(trace.recipient, trace.context, trace.object))
+            triple = (trace.recipient, trace.context, trace.object)
+            if all(value is None or type(value) is str for value in triple):
+                params.update(_validated_traceability(*triple))
+            else:  # odd types (a list, a huge int): checked, never cached
+                params.update(validate_traceability(*triple))
         values = {
             p.name: normalize_identifier(p.kind, path_values.get(p.name), p.name)
             for p in endpoint.path_params
@@ -741,11 +950,17 @@ class AsyncClient(Resources):
             if value is None:
                 continue
             spec = by_name.get(name)
-            if spec is not None and spec.choices and str(value) not in spec.choices:
-                raise InvalidParameterError(name, f"{value!r} is not one of {list(spec.choices)}")
             if spec is not None and spec.kind is not IdKind.TEXT:
-                value = normalize_identifier(spec.kind, value, name)
-            params[name] = value
+                params[name] = normalize_identifier(spec.kind, value, name)
+                continue
+            # Free values too: visible ASCII strings or ints, never an object whose
+            # str() would be sent as is.
+            text = validate_query_text(value, name)
+            if spec is not None and spec.choices and text not in spec.choices:
+                raise InvalidParameterError(
+                    name, f"{shown(value)} is not one of {list(spec.choices)}"
+                )
+            params[name] = text
         for spec in endpoint.query_params:
             if spec.required and spec.name not in params:
                 raise InvalidParameterError(spec.name, "is required")
@@ -770,6 +985,7 @@ class AsyncClient(Resources):
         user: str | None = None,
         case: str | None = None,
         strict: bool | None = None,
+        refused: InvalidParameterError | None = None,
     ) -> Response[Any]:
         if self._state is _State.CLOSED:
             raise RuntimeError("this AsyncClient is closed")
@@ -796,14 +1012,19 @@ class AsyncClient(Resources):
             case if case is not None else s.case,
         )
         try:
+            if refused is not None:
+                raise refused
             path, params = self._prepare(endpoint, path_values, query, trace)
-            headers = self._auth_headers(endpoint)
+            credentials = self._credentials(endpoint)
+            if extra_headers:
+                _check_extra_headers(extra_headers, credentials)
             self._check_maintenance(endpoint)
         except ApiEntrepriseError as exc:
             self._audit_refusal(trace, exc, 1)
             raise
-        if extra_headers:
-            headers.update(extra_headers)
+        # The credentials go on the request itself: this dict (kept by the
+        # coalescing key) and every frame above the transport never hold them.
+        headers: dict[str, str] = dict(extra_headers) if extra_headers else {}
         if fresh:
             headers["Cache-Control"] = "no-cache"
         headers["User-Agent"] = s.user_agent
@@ -816,6 +1037,7 @@ class AsyncClient(Resources):
             headers=headers,
             timeout=self._timeout(read),
         )
+        credentials.apply(request.headers)
         policy = s.retry if retry is USE_DEFAULT else retry
 
         span = self._telemetry.span(endpoint.operation_id)
@@ -884,14 +1106,14 @@ class AsyncClient(Resources):
             timestamp=dt.datetime.now(dt.UTC),
             operation_id=trace.operation_id,
             entity_id=trace.entity_id,
-            context=trace.context,
-            recipient=trace.recipient,
-            object=trace.object,
+            context=_field(trace.context),
+            recipient=_field(trace.recipient),
+            object=_field(trace.object),
             outcome="refused",
             error_codes=(type(error).__name__,),
             attempt=attempt,
-            user=trace.user,
-            case=trace.case,
+            user=_field(trace.user),
+            case=_field(trace.case),
         )
         self._keep(record, trace)
 
@@ -938,6 +1160,28 @@ class AsyncClient(Resources):
         )
         self._keep(record, trace)
 
+    def _audit_cancelled(self, trace: _Trace, attempt: int, started: float) -> None:
+        record = AuditRecord(
+            timestamp=dt.datetime.now(dt.UTC),
+            operation_id=trace.operation_id,
+            entity_id=trace.entity_id,
+            context=trace.context,
+            recipient=trace.recipient,
+            object=trace.object,
+            outcome="cancelled",
+            error_codes=("Cancelled",),
+            duration=max(0.0, anyio.current_time() - started),
+            governor_wait=trace.wait,
+            attempt=attempt,
+            user=trace.user,
+            case=trace.case,
+        )
+        try:
+            self._keep(record, trace)
+        except AuditError as exc:
+            # The cancellation goes on: a failing sink must not turn it into an error.
+            logger.error("%s", exc, extra={"audit_failure": True})
+
     def _keep(self, record: AuditRecord, trace: _Trace) -> None:
         self._stats.add(record)
         self._telemetry.record(record, trace.span)
@@ -981,6 +1225,11 @@ class AsyncClient(Resources):
                 )
             except ApiEntrepriseError as exc:
                 error = exc
+            except anyio.get_cancelled_exc_class():
+                if trace.sent:
+                    # The server saw the request: the access happened, audit it.
+                    self._audit_cancelled(trace, number, began)
+                raise
             if trace.sent:
                 self._audit_attempt(trace, number, began, error)
             else:
@@ -1015,7 +1264,7 @@ class AsyncClient(Resources):
             )
             await anyio.sleep(pause)
 
-    def _auth_headers(self, endpoint: Endpoint) -> dict[str, str]:
+    def _credentials(self, endpoint: Endpoint) -> Credentials:
         info = self._auth.token_info
         if info is not None and info.is_expired():
             raise TokenExpiredError(
@@ -1023,12 +1272,10 @@ class AsyncClient(Resources):
                 f"{info.expires_at:%Y-%m-%d}; it was not sent"
             )
         try:
-            return dict(self._auth.auth_headers())
-        except Exception as exc:
-            raise AuthenticationError(
-                f"the auth strategy failed: {type(exc).__name__}",
-                operation_id=endpoint.operation_id or None,
-            ) from exc
+            return Credentials.from_strategy(self._auth)
+        except AuthenticationError as exc:
+            exc.operation_id = endpoint.operation_id or None
+            raise
 
     def _check_maintenance(self, endpoint: Endpoint) -> None:
         if not self._settings.check_maintenance or endpoint.maintenance is None:
@@ -1098,22 +1345,18 @@ class AsyncClient(Resources):
             trace.wait = started - asked
             permit.sending()  # may raise if a 429 paused the bucket since the grant
             trace.sent = True
-            try:
-                answer = await self._http.send(request)
-            except httpx.PoolTimeout as exc:
-                # Local congestion (no free connection), not silence from the server.
-                raise TransportError(
-                    "no free connection in the pool", url=url, operation_id=op_id
-                ) from exc
-            except httpx.HTTPError as exc:
-                self._log(request, None, started, None)
-                what = "timed out" if isinstance(exc, httpx.TimeoutException) else "no answer"
-                raise _Silence(
-                    f"{what}: {type(exc).__name__} on {request.url.path}",
-                    url=url,
-                    operation_id=op_id,
-                ) from exc
-            permit.observe(answer.status_code, answer.headers)
+            settings = self._settings
+            timeout = request.extensions.get("timeout") or {}
+            read = timeout.get("read") or settings.timeouts.read_for(endpoint.timeout_class)
+            answer = await self._receive(
+                request,
+                settings.timeouts.total_for(read),
+                settings.sizes.for_class(endpoint.timeout_class),
+                url,
+                op_id,
+                permit,
+                started,
+            )
         if answer.status_code == 429:
             logger.warning(
                 "429 from API Entreprise on %s; the governor pauses this bucket (Retry-After %s)",
@@ -1155,6 +1398,63 @@ class AsyncClient(Resources):
                 response=_received(answer, body, rate_limit, op_id),
             )
         return self._response(endpoint, body.get("data"), body, answer, rate_limit)
+
+    async def _receive(
+        self,
+        request: httpx.Request,
+        deadline: float,
+        max_size: int,
+        url: str,
+        op_id: str | None,
+        permit: Permit,
+        started: float,
+    ) -> httpx.Response:
+        """Send ``request`` and read its answer whole, within ``deadline`` and ``max_size``.
+
+        The governor learns from the headers as soon as they arrive. A server
+        that dribbles its answer or sends too much ends in a
+        :class:`TransportError` once the limit is hit, the connection dropped.
+        """
+        answer: httpx.Response | None = None
+        with anyio.move_on_after(deadline) as scope:
+            try:
+                answer = await self._http.send(request, stream=True)
+            except httpx.PoolTimeout as exc:
+                # Local congestion (no free connection), not silence from the server.
+                raise TransportError(
+                    "no free connection in the pool", url=url, operation_id=op_id
+                ) from _scrubbed(exc)
+            except httpx.HTTPError as exc:
+                self._log(request, None, started, None)
+                what = "timed out" if isinstance(exc, httpx.TimeoutException) else "no answer"
+                raise _Silence(
+                    f"{what}: {type(exc).__name__} on {request.url.path}",
+                    url=url,
+                    operation_id=op_id,
+                ) from _scrubbed(exc)
+            permit.observe(answer.status_code, answer.headers)
+            try:
+                await _read_within(answer, max_size, url, op_id)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await answer.aclose()
+        if scope.cancelled_caught:
+            if answer is None:
+                self._log(request, None, started, None)
+                raise _Silence(
+                    f"timed out: no answer within the {deadline:.1f} s deadline "
+                    f"on {request.url.path}",
+                    url=url,
+                    operation_id=op_id,
+                )
+            raise TransportError(
+                f"the answer to {request.url.path} took longer than the {deadline:.1f} s "
+                "deadline of an attempt (a server sending too slowly)",
+                url=url,
+                operation_id=op_id,
+            )
+        assert answer is not None
+        return answer
 
     def _response(
         self,

@@ -34,6 +34,8 @@ URL never holds the token: it travels in a header).
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -353,6 +355,10 @@ class TransportError(ApiEntrepriseError):
         super().__init__(message)
 
 
+class _Oversized(TransportError):
+    """The answer is larger than the size limit: sending it again would not help."""
+
+
 class ServiceUnreachable(TransportError):
     """The circuit is open: the server stopped answering (possibly a ban)."""
 
@@ -490,22 +496,60 @@ class _Reset(Protocol):
     def reset_epoch(self) -> float | None: ...
 
 
+#: The longest wait a server's hint may impose, in seconds: a garbled or hostile
+#: ``Retry-After`` must not stop the governor, a retry or a browser for days.
+MAX_RETRY_AFTER = 3600.0
+
+
+def capped_wait(seconds: float) -> float:
+    """``seconds`` brought within ``[0, MAX_RETRY_AFTER]`` (the one cap every hint goes through)."""
+    if not math.isfinite(seconds):
+        return MAX_RETRY_AFTER if seconds > 0 else 0.0
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` value asks for: delta-seconds or an HTTP date.
+
+    ``now`` is the wall-clock epoch (for dates). The result is capped by
+    :func:`capped_wait`; ``None`` when the value is absent or unreadable.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text or len(text) > 64 or not text.isascii():
+        return None
+    number = _number(text)
+    if number is not None:
+        return capped_wait(number)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": a date whose zone is unknown; read it as UTC
+        when = when.replace(tzinfo=dt.UTC)
+    try:
+        return capped_wait(when.timestamp() - now)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def retry_after_seconds(
     headers: Mapping[str, str], rate_limit: _Reset | None, retry_in: float | None, now: float
 ) -> float | None:
     """Seconds to wait after a 429: ``Retry-After``, else ``RateLimit-Reset``, else ``retry_in``.
 
-    ``now`` is the wall-clock epoch; ``RateLimit-Reset`` alone is enough. Never
-    negative (a reset already past gives 0); ``None`` when nothing tells.
+    ``now`` is the wall-clock epoch; ``RateLimit-Reset`` alone is enough. Within
+    ``[0, MAX_RETRY_AFTER]`` (a reset already past gives 0); ``None`` when nothing tells.
     """
-    header = _number(headers.get("retry-after"))
+    header = parse_retry_after(headers.get("retry-after"), now)
     if header is not None:
-        return max(0.0, header)
+        return header
     reset = None if rate_limit is None else rate_limit.reset_epoch
     if reset is not None:
-        return max(0.0, reset - now)
+        return capped_wait(reset - now)
     if retry_in is not None:
-        return max(0.0, retry_in)
+        return capped_wait(retry_in)
     return None
 
 

@@ -78,7 +78,7 @@ import attrs
 
 from ._catalogue import GROUP_LIMITS, IP_LIMIT, Endpoint, get_endpoint
 from ._clock import current_time
-from ._errors import ApiEntrepriseError, RateLimitError, retry_after_seconds
+from ._errors import MAX_RETRY_AFTER, ApiEntrepriseError, RateLimitError, retry_after_seconds
 from ._response import _Window, parse_rate_limit, parse_window
 from .backends import (
     Blocked,
@@ -108,7 +108,7 @@ _logger = logging.getLogger("apientreprise_async.governor")
 #: The key of the bucket every call of the process shares.
 IP_KEY = "ip"
 #: The longest pause a ``Retry-After`` can impose (a garbled header must not stop us for days).
-_MAX_PAUSE = 3600.0
+_MAX_PAUSE = MAX_RETRY_AFTER
 #: Answers without usable ``RateLimit-*`` headers to a route's slow-start probes
 #: after which its configured limit is trusted (a server or a stub that never sends them).
 _BLIND_PROBES = 3
@@ -408,16 +408,12 @@ def _lower(headers: Mapping[str, str]) -> Mapping[str, str]:
 
 
 def _retry_after(headers: Mapping[str, str], wall_now: float) -> float | None:
-    """``Retry-After`` alone, in seconds (``RateLimit-Reset`` is read on the server's clock)."""
-    seconds = retry_after_seconds(headers, None, None, wall_now)
-    if seconds is None:
-        value = headers.get("retry-after")
-        if value:
-            try:
-                seconds = max(0.0, parsedate_to_datetime(value).timestamp() - wall_now)
-            except (TypeError, ValueError, IndexError, OverflowError):
-                seconds = None
-    return seconds
+    """``Retry-After`` alone, in seconds (``RateLimit-Reset`` is read on the server's clock).
+
+    The parser the errors use too (seconds or an HTTP date, one cap): the pause
+    and ``exc.retry_after`` agree.
+    """
+    return retry_after_seconds(headers, None, None, wall_now)
 
 
 class _ServerClock:

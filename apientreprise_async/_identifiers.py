@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 from collections.abc import Callable
 
 from ._catalogue import IdKind
@@ -21,6 +22,8 @@ __all__ = [
     "is_valid_siret",
     "luhn_checksum",
     "normalize_identifier",
+    "shown",
+    "validate_query_text",
     "validate_siren",
     "validate_siret",
     "validate_traceability",
@@ -28,11 +31,20 @@ __all__ = [
 
 OBJECT_MAX_LENGTH = 50
 CONTEXT_MAX_LENGTH = 250
+#: Longest text a free query parameter may hold.
+QUERY_TEXT_MAX_LENGTH = 256
+# Longer input is refused before anything else looks at it (a regex, int()):
+# no identifier comes near it, spaces included.
+_MAX_INPUT = 64
 _LA_POSTE = "356000000"
-_DIGITS = re.compile(r"\A\d+\Z")
-_RNA = re.compile(r"\AW\d{9}\Z")
+# ASCII digits only: "\d" also matches fullwidth and Arabic-Indic digits, which
+# would be sent percent-encoded and refused by the server, after spending quota.
+_DIGITS = re.compile(r"\A[0-9]+\Z")
+_RNA = re.compile(r"\AW[0-9]{9}\Z")
 # EORI: a two-letter country code followed by up to 15 alphanumerics (FR uses the SIRET).
 _EORI = re.compile(r"\A[A-Z]{2}[0-9A-Z]{1,15}\Z")
+# Spaces other than " " are fine in free text (a non-breaking space before ":").
+_SEPARATORS = frozenset({"Zs"})
 _SPACES = re.compile(r"[\s\u00a0\u202f]+")
 
 
@@ -50,11 +62,34 @@ def luhn_checksum(digits: str) -> int:
 
 
 def _clean(value: object) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str):
+    # Sizes first: str() of a 5,000-digit int raises ValueError, and a huge string
+    # is not worth a regex pass. "" fails every check below.
+    if isinstance(value, bool):
+        return ""
+    if isinstance(value, int):
+        return str(value) if 0 <= value < 10**_MAX_INPUT else ""
+    if not isinstance(value, str) or len(value) > _MAX_INPUT:
         return ""
     return _SPACES.sub("", value)
+
+
+def shown(value: object) -> str:
+    """A short, safe rendering of a refused value for an error message.
+
+    Long strings are cut, huge integers described, other objects named by type
+    (their ``repr`` may be long, slow or raise).
+    """
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        if value.bit_length() > 128:
+            return f"an int of about {int(value.bit_length() * 0.30103) + 1} digits"
+        return f"{value!r} (an int: pass identifiers as strings, leading zeros matter)"
+    if isinstance(value, str):
+        if len(value) > 40:
+            return f"{value[:20]!r}... ({len(value)} characters)"
+        return repr(value)
+    return f"a value of type {type(value).__name__}"
 
 
 # The checks below take text already through _clean: callers that have cleaned
@@ -85,7 +120,7 @@ def validate_siren(value: object, parameter: str = "siren") -> str:
     """Return the SIREN without spaces, or raise :class:`InvalidSirenError`."""
     text = _clean(value)
     if not _is_siren(text):
-        raise InvalidSirenError(parameter, f"{value!r} is not a valid SIREN (9 digits, Luhn)")
+        raise InvalidSirenError(parameter, f"{shown(value)} is not a valid SIREN (9 digits, Luhn)")
     return text
 
 
@@ -93,23 +128,25 @@ def validate_siret(value: object, parameter: str = "siret") -> str:
     """Return the SIRET without spaces, or raise :class:`InvalidSiretError`."""
     text = _clean(value)
     if not _is_siret(text):
-        raise InvalidSiretError(parameter, f"{value!r} is not a valid SIRET (14 digits, Luhn)")
+        raise InvalidSiretError(parameter, f"{shown(value)} is not a valid SIRET (14 digits, Luhn)")
     return text
 
 
 def _rna(value: object, parameter: str) -> str:
     text = _clean(value).upper()
     if not _RNA.match(text):
-        raise InvalidIdentifierError(parameter, f"{value!r} is not an RNA number (W + 9 digits)")
+        raise InvalidIdentifierError(
+            parameter, f"{shown(value)} is not an RNA number (W + 9 digits)"
+        )
     return text
 
 
 def _eori(value: object, parameter: str) -> str:
     text = _clean(value).upper()
     if not _EORI.match(text):
-        raise InvalidIdentifierError(parameter, f"{value!r} is not an EORI number")
+        raise InvalidIdentifierError(parameter, f"{shown(value)} is not an EORI number")
     if text.startswith("FR") and not _is_siret(text[2:]) and not _is_siren(text[2:]):
-        raise InvalidIdentifierError(parameter, f"{value!r}: a French EORI is FR + a SIRET")
+        raise InvalidIdentifierError(parameter, f"{shown(value)}: a French EORI is FR + a SIRET")
     return text
 
 
@@ -117,14 +154,16 @@ def _year(value: object, parameter: str) -> str:
     text = _clean(value)
     this_year = dt.date.today().year
     if not (len(text) == 4 and _DIGITS.match(text) and 1900 <= int(text) <= this_year + 1):
-        raise InvalidIdentifierError(parameter, f"{value!r} is not a year (1900-{this_year + 1})")
+        raise InvalidIdentifierError(
+            parameter, f"{shown(value)} is not a year (1900-{this_year + 1})"
+        )
     return text
 
 
 def _month(value: object, parameter: str) -> str:
     text = _clean(value)
-    if not (_DIGITS.match(text) and 1 <= int(text) <= 12 and len(text) <= 2):
-        raise InvalidIdentifierError(parameter, f"{value!r} is not a month (1-12)")
+    if not (len(text) <= 2 and _DIGITS.match(text) and 1 <= int(text) <= 12):
+        raise InvalidIdentifierError(parameter, f"{shown(value)} is not a month (1-12)")
     return text.zfill(2)
 
 
@@ -161,9 +200,7 @@ def normalize_identifier(kind: IdKind, value: object, parameter: str) -> str:
     text = _clean(value)
     accepted = _ACCEPTED.get(kind)
     if accepted is None:
-        if isinstance(value, str) and value != "":
-            return value
-        return str(value)
+        return validate_query_text(value, parameter)
     if any(check(text) for check in accepted):
         return text
     if kind is IdKind.SIRET_OR_EORI:
@@ -172,8 +209,47 @@ def normalize_identifier(kind: IdKind, value: object, parameter: str) -> str:
         return _rna(value, parameter)
     names = kind.value.replace("_or_", " or ").upper()
     if kind is IdKind.SIRET_OR_RNA:
-        raise InvalidSiretError(parameter, f"{value!r} is not a valid {names}")
-    raise InvalidSirenError(parameter, f"{value!r} is not a valid {names}")
+        raise InvalidSiretError(parameter, f"{shown(value)} is not a valid {names}")
+    raise InvalidSirenError(parameter, f"{shown(value)} is not a valid {names}")
+
+
+def validate_query_text(value: object, parameter: str) -> str:
+    """A free query parameter as sent: a string or an int, visible ASCII, not too long.
+
+    Raises:
+        InvalidParameterError: another type, control or non-ASCII characters
+            (``limit="１０"``), or more than ``QUERY_TEXT_MAX_LENGTH`` characters.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value.bit_length() > 64:
+            raise InvalidParameterError(parameter, f"{shown(value)} is out of range")
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidParameterError(parameter, f"{shown(value)}: expected a string or an int")
+    if len(value) > QUERY_TEXT_MAX_LENGTH:
+        raise InvalidParameterError(
+            parameter, f"is {len(value)} characters long; at most {QUERY_TEXT_MAX_LENGTH}"
+        )
+    text = value.strip()
+    if not text or not text.isascii() or not text.isprintable():
+        raise InvalidParameterError(
+            parameter, f"{shown(value)}: expected printable ASCII (digits 0-9, letters...)"
+        )
+    return text
+
+
+def _free_text(value: str, parameter: str, limit: int, qualifier: str) -> None:
+    """Refuse control characters in context and object (they are written in logs and audits)."""
+    if len(value) > limit:
+        raise InvalidParameterError(
+            parameter, f"is {len(value)} characters long; {qualifier} {limit}"
+        )
+    if not value.isprintable() and any(
+        unicodedata.category(char) not in _SEPARATORS for char in value if not char.isprintable()
+    ):
+        raise InvalidParameterError(
+            parameter, "holds control or invisible format characters (line breaks, tabs...)"
+        )
 
 
 def validate_traceability(
@@ -187,18 +263,13 @@ def validate_traceability(
         InvalidParameterError: ``object`` longer than 50 characters, ``context`` too long.
     """
     for name, value in (("recipient", recipient), ("context", context), ("object", object_)):
-        if value is None or not str(value).strip():
+        if value is None or (isinstance(value, str) and not value.strip()):
             raise MissingParameterError(name)
-    assert recipient is not None
-    assert context is not None
-    assert object_ is not None
+        if name != "recipient" and not isinstance(value, str):
+            raise InvalidParameterError(name, f"{shown(value)}: expected a string")
+    assert isinstance(context, str)
+    assert isinstance(object_, str)
     siret = validate_siret(recipient, "recipient")
-    if len(object_) > OBJECT_MAX_LENGTH:
-        raise InvalidParameterError(
-            "object", f"is {len(object_)} characters long; the API allows {OBJECT_MAX_LENGTH}"
-        )
-    if len(context) > CONTEXT_MAX_LENGTH:
-        raise InvalidParameterError(
-            "context", f"is {len(context)} characters long; keep it under {CONTEXT_MAX_LENGTH}"
-        )
+    _free_text(object_, "object", OBJECT_MAX_LENGTH, "the API allows")
+    _free_text(context, "context", CONTEXT_MAX_LENGTH, "keep it under")
     return {"recipient": siret, "context": context, "object": object_}

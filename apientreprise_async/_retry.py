@@ -21,6 +21,7 @@ from ._errors import (
     RateLimitError,
     ServiceUnreachable,
     TransportError,
+    _Oversized,
 )
 
 __all__ = ["Attempt", "RetryPolicy", "annotate", "describe", "is_transient_502"]
@@ -78,7 +79,7 @@ class RetryPolicy:
 
     def retryable(self, error: BaseException) -> bool:
         """Whether ``error`` may be retried under this policy."""
-        if isinstance(error, ServiceUnreachable):
+        if isinstance(error, ServiceUnreachable | _Oversized):
             return False
         if isinstance(error, RateLimitError):
             return self.rate_limited and not error.local

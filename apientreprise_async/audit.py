@@ -194,8 +194,27 @@ def _emit(
         )
 
 
+#: Longest text of a caller's value kept in a record (a refused input may be huge).
+_MAX_FIELD = 256
+
+
+def _field(value: Any) -> str | None:
+    """A caller's value as a record keeps it: text, cut to a sane length.
+
+    ``str()`` of a 5,000-digit int raises, and a refused input may be
+    anything: an audit record must be written whatever it was.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value if len(value) <= _MAX_FIELD else value[:_MAX_FIELD] + "..."
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value) if value.bit_length() <= 128 else f"<int of {value.bit_length()} bits>"
+    return f"<{type(value).__name__}>"
+
+
 def _entity_of(path_values: Mapping[str, Any]) -> str | None:
     """The identifier a call is about: its first path parameter."""
     for value in path_values.values():
-        return None if value is None else str(value)
+        return _field(value)
     return None

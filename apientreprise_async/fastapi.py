@@ -80,6 +80,7 @@ from ._errors import (
     UnavailableForLegalReasonsError,
     UnexpectedPayloadError,
     ValidationError,
+    capped_wait,
 )
 from ._identifiers import validate_traceability
 
@@ -252,27 +253,98 @@ ApiEntrepriseClient = Annotated[AsyncClient, Depends(get_client)]
 # -- CORS ------------------------------------------------------------------------------
 
 
+# Origins no deployment lists: a pattern accepting one of them accepts strangers.
+# "null" is what sandboxed iframes, data: URLs and some redirects send: any site
+# can produce it, so allowing it (credentials or not) is a wildcard.
+_STRANGERS = (
+    "null",
+    "https://attacker.invalid",
+    "http://attacker.invalid",
+    "https://attacker.invalid:8443",
+)
+_ANY_CHAR = "\x00"  # an unescaped "." of a pattern
+_ANY_TEXT = "\x01"  # ".*" or ".+" of a pattern
+
+
+def _render(pattern: str) -> str | None:
+    """A pattern made of literals and ``.``/``.*``/``.+`` as text with markers; else ``None``."""
+    text = pattern.removeprefix("^").removesuffix("$")
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and i + 1 < len(text) and not text[i + 1].isalnum():
+            out.append(text[i + 1])
+            i += 2
+        elif char == "." and text[i + 1 : i + 2] in ("*", "+"):
+            out.append(_ANY_TEXT)
+            i += 2
+        elif char == ".":
+            out.append(_ANY_CHAR)
+            i += 1
+        elif char in "[](){}*+?|^$\\":
+            return None
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
+
+
+def _probes(pattern: str, listed: Sequence[str]) -> list[str]:
+    """Origins a careless pattern lets in: strangers, and near misses of the intended ones."""
+    probes = list(_STRANGERS)
+    rendered = _render(pattern)
+    intended = [*listed]
+    if rendered is not None:
+        intended.append(rendered.replace(_ANY_CHAR, ".").replace(_ANY_TEXT, "app"))
+        # An unescaped dot: "https://app.example.fr" also lets in "https://appxexample.fr".
+        for index, char in enumerate(rendered):
+            if char == _ANY_CHAR:
+                probe = rendered[:index] + "x" + rendered[index + 1 :]
+                probes.append(probe.replace(_ANY_CHAR, ".").replace(_ANY_TEXT, "app"))
+        # ".*" inside a label ("https://.*example.fr"): anyone's "attackerexample.fr".
+        # A whole leading label ("https://.*\\.example\\.fr") only admits subdomains.
+        for index, char in enumerate(rendered):
+            if char == _ANY_TEXT and not (
+                rendered[index - 1 : index] == "/" and rendered[index + 1 : index + 2] == "."
+            ):
+                probe = rendered[:index] + "attacker" + rendered[index + 1 :]
+                probes.append(probe.replace(_ANY_CHAR, ".").replace(_ANY_TEXT, "app"))
+    for origin in intended:
+        probes += [origin + ".attacker.invalid", origin + "attacker.invalid"]
+    return [probe for probe in probes if probe not in listed]
+
+
 def _wildcard_cors(app: ASGIApp) -> bool:
-    """Tell whether a CORS middleware on ``app`` would let any origin read answers."""
+    """Tell whether a CORS middleware on ``app`` would let an origin nobody listed read answers."""
     for middleware in getattr(app, "user_middleware", ()):
         cls = getattr(middleware, "cls", None)
         if not (isinstance(cls, type) and issubclass(cls, CORSMiddleware)):
             continue
         kwargs = getattr(middleware, "kwargs", {})
-        if "*" in kwargs.get("allow_origins", ()):
+        listed = [str(origin) for origin in kwargs.get("allow_origins", ())]
+        if "*" in listed or any(origin.strip().lower() == "null" for origin in listed):
             return True
         regex = kwargs.get("allow_origin_regex")
-        # A pattern accepting an origin nobody would list is as good as a wildcard.
-        if regex and re.fullmatch(regex, "https://attacker.invalid"):
-            return True
+        if regex:
+            try:
+                compiled = re.compile(regex)
+            except re.error:
+                return True  # starlette would fail later; do not start on a guess
+            # A pattern accepting an origin nobody would list is as good as a wildcard.
+            if any(compiled.fullmatch(probe) for probe in _probes(regex, listed)):
+                return True
     return False
 
 
 def _refuse_wildcard_cors(app: ASGIApp) -> None:
     if _wildcard_cors(app):
         raise RuntimeError(
-            "a CORS middleware allows every origin; API Entreprise data must only reach your "
-            "own front end: list its origin, e.g. allow_origins=['https://app.example.gouv.fr']"
+            "a CORS middleware allows every origin, 'null' (any sandboxed page) or origins "
+            "its pattern matches without being listed; API Entreprise data must only reach "
+            "your own front end: list its origin, e.g. "
+            "allow_origins=['https://app.example.gouv.fr'], or escape the dots of "
+            "allow_origin_regex"
         )
 
 
@@ -280,7 +352,9 @@ def _refuse_wildcard_cors(app: ASGIApp) -> None:
 
 
 def _retry_after(seconds: float | None, default: float) -> str:
-    value = default if seconds is None else seconds
+    # The cap the governor applies to the server's hint: a browser never hears
+    # of a longer wait than the library itself would keep.
+    value = capped_wait(default if seconds is None else seconds)
     return str(max(1, math.ceil(value)))
 
 

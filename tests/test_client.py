@@ -247,7 +247,7 @@ def test_configuration_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "production" == AsyncClient(environment="production").settings.environment
     monkeypatch.setenv("API_ENTREPRISE_BASE_URL", "http://127.0.0.1:9/")
     assert "http://127.0.0.1:9" == AsyncClient().settings.base_url
-    assert "http://x.test" == AsyncClient(base_url="http://x.test").settings.base_url
+    assert "https://x.test" == AsyncClient(base_url="https://x.test").settings.base_url
     monkeypatch.delenv("API_ENTREPRISE_TOKEN")
     with pytest.raises(ValueError, match="token"):
         AsyncClient()
