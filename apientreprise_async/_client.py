@@ -193,6 +193,10 @@ def _from_env(name: str) -> str | None:
     return os.environ.get(f"API_ENTREPRISE_{name}") or None
 
 
+#: Most values one array query parameter may hold.
+_MAX_ARRAY = 100
+
+
 class _Silence(TransportError):
     """No HTTP answer at all: what the circuit counts."""
 
@@ -954,7 +958,14 @@ class AsyncClient(Resources):
                 params[name] = normalize_identifier(spec.kind, value, name)
                 continue
             # Free values too: visible ASCII strings or ints, never an object whose
-            # str() would be sent as is.
+            # str() would be sent as is. A list is an array parameter (DINUM §9.4).
+            if isinstance(value, list | tuple):
+                if not 0 < len(value) <= _MAX_ARRAY:
+                    raise InvalidParameterError(
+                        name, f"an array of 1 to {_MAX_ARRAY} values, not {len(value)}"
+                    )
+                params[name] = [validate_query_text(item, name) for item in value]
+                continue
             text = validate_query_text(value, name)
             if spec is not None and spec.choices and text not in spec.choices:
                 raise InvalidParameterError(

@@ -122,9 +122,10 @@ def test_s2_staging_is_one_parameter(no_env: pytest.MonkeyPatch) -> None:
 
 async def test_s2_base_url_override_is_where_requests_go(no_env: pytest.MonkeyPatch) -> None:
     wire = Wire()
-    async with client(wire, base_url="http://gateway.test:8080/") as c:
+    # https: plain http is refused for any host but loopback (the token would travel in clear).
+    async with client(wire, base_url="https://gateway.test:8080/") as c:
         await c.get(PATH)
-    assert f"http://gateway.test:8080{PATH}" == str(wire.requests[0].url).split("?")[0]
+    assert f"https://gateway.test:8080{PATH}" == str(wire.requests[0].url).split("?")[0]
 
 
 def test_s2_unknown_environment_is_an_argument_error(no_env: pytest.MonkeyPatch) -> None:

@@ -498,7 +498,11 @@ async def test_cors_letting_an_unlisted_origin_in_is_refused(cors: dict[str, Any
 
     from apientreprise_async.fastapi import ApiEntrepriseSettings, make_lifespan
 
-    app = FastAPI(lifespan=make_lifespan(ApiEntrepriseSettings(token=TOKEN)))
+    app = FastAPI(
+        lifespan=make_lifespan(
+            ApiEntrepriseSettings(token=TOKEN, recipient=RECIPIENT, context="tests")
+        )
+    )
     app.add_middleware(CORSMiddleware, **cors)
     with pytest.raises(RuntimeError, match="allows every origin, 'null'"):
         async with app.router.lifespan_context(app):
@@ -522,7 +526,11 @@ async def test_cors_listing_own_origins_starts(cors: dict[str, Any]) -> None:
 
     from apientreprise_async.fastapi import ApiEntrepriseSettings, make_lifespan
 
-    app = FastAPI(lifespan=make_lifespan(ApiEntrepriseSettings(token=TOKEN)))
+    app = FastAPI(
+        lifespan=make_lifespan(
+            ApiEntrepriseSettings(token=TOKEN, recipient=RECIPIENT, context="tests")
+        )
+    )
     app.add_middleware(CORSMiddleware, **cors)
     async with app.router.lifespan_context(app) as state:
         assert state
