@@ -90,7 +90,7 @@ exit codes:
   {EXIT_USAGE}    bad command line
   {EXIT_CONFIG}    configuration: token (missing, unreadable, expired), traceability,
        input file or column, option value, missing extra
-  {EXIT_AUTH}    the server refused the token or a privilege (401, 403)
+  {EXIT_AUTH}    the server refused the token (as expired: 3) or a privilege (401, 403)
   {EXIT_UNREACHABLE}    no answer from the server
   {EXIT_INTERRUPTED}  interrupted
 
@@ -1105,8 +1105,10 @@ def _fail_line(message: str) -> None:
 
 def _api_failure(exc: ApiEntrepriseError) -> tuple[str, int]:
     """One line and an exit code for an error of the library."""
-    if isinstance(exc, TokenExpiredError):
-        code = EXIT_CONFIG  # known locally: the token file needs a new token
+    if isinstance(exc, TokenExpiredError) or (
+        isinstance(exc, AuthenticationError) and exc.reason == "expired"
+    ):
+        code = EXIT_CONFIG  # the token file needs a new token, whoever noticed
     elif isinstance(exc, AuthenticationError | AuthorizationError):
         code = EXIT_AUTH
     elif isinstance(exc, TransportError):

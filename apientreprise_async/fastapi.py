@@ -120,9 +120,12 @@ def _env_float(env: Mapping[str, str], name: str, default: float | None) -> floa
     if raw.lower() == "none":
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise ValueError(f"{name}: {raw!r} is not a number of seconds") from None
+        value = math.nan
+    if not value >= 0 or math.isinf(value):
+        raise ValueError(f"{name}: {raw!r} is not a number of seconds (or none)")
+    return value
 
 
 @attrs.frozen

@@ -294,6 +294,7 @@ def expired_token() -> str:
     [
         ("refused token", 4),
         ("expired token file", 3),
+        ("token expired on the server", 3),
         ("unreachable server", 5),
         ("no recipient", 3),
         ("wrong column", 3),
@@ -321,6 +322,8 @@ def test_batch_failure_not_about_an_input_is_one_line_and_writes_nothing(
         token_file.write_text("not-a-token-the-server-knows\n", "utf-8")
     elif case == "expired token file":
         token_file.write_text(expired_token() + "\n", "utf-8")
+    elif case == "token expired on the server":  # its exp claim says nothing: the server does
+        token_file.write_text(emulator.add_token("revoked-by-expiry", state="expired") + "\n")
     elif case == "unreachable server":
         environ["API_ENTREPRISE_BASE_URL"] = "http://127.0.0.1:9"
     elif case == "no recipient":

@@ -717,6 +717,8 @@ async def test_example_app_runs_against_the_emulator(monkeypatch: pytest.MonkeyP
         ("API_ENTREPRISE_RECIPIENT", "13002526500014", "recipient"),  # bad checksum
         ("API_ENTREPRISE_ENV", "moon", "environment"),
         ("API_ENTREPRISE_MAX_WAIT", "soon", "API_ENTREPRISE_MAX_WAIT"),
+        ("API_ENTREPRISE_MAX_WAIT", "-1", "API_ENTREPRISE_MAX_WAIT"),
+        ("API_ENTREPRISE_BASE_URL", "ftp://x", "base_url"),
     ],
 )
 async def test_startup_fails_on_any_missing_or_invalid_setting(
