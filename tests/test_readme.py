@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -70,7 +69,6 @@ def test_the_readme_has_at_least_six_programs() -> None:
     blocks = python_blocks(ROOT / "README.md")
     programs = [code for _, code in blocks if RUNS.search(code)]
     assert len(programs) >= 6, len(programs)
-    assert len(programs) == len(blocks) - sum("def test_" in c for _, c in blocks)
 
 
 def test_the_first_screen_sets_up_and_shows_a_short_program() -> None:
@@ -107,8 +105,7 @@ def test_block_runs_as_written(
     if "def test_" in code:
         script = tmp_path / "test_block.py"
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(script)]
-    else:
-        assert RUNS.search(code), "a block is a program (anyio/asyncio/trio.run) or a test module"
+    else:  # a program: asynchronous (anyio/asyncio/trio.run) or with the synchronous Client
         script = tmp_path / "block.py"
         command = [sys.executable, str(script)]
     script.write_text(code, "utf-8")
@@ -128,9 +125,6 @@ def test_block_runs_as_written(
 def _run(
     command: list[str], env: dict[str, str], cwd: pathlib.Path
 ) -> subprocess.CompletedProcess[str]:
-    started = time.monotonic()
-    done = subprocess.run(
+    return subprocess.run(
         command, env=env, cwd=cwd, capture_output=True, text=True, timeout=90, check=False
     )
-    assert time.monotonic() - started < 90
-    return done
