@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from typing import Any
 
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
+from mkdocs.structure.pages import Page
 
 PACKAGE = "apientreprise_async"
 
@@ -147,3 +149,18 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     for path, content in _pages().items():
         files.append(File.generated(config, path, content=content))
     return files
+
+
+# Docstrings use Sphinx roles (:class:`~x.Y`), which Markdown renders as ":class:" before the
+# code span; show the code span alone, shortened as "~" asks.
+_ROLE = re.compile(r":(?:class|meth|func|data|attr|exc|mod|obj):<code>(~?)([^<]+)</code>")
+
+
+def _shorten(match: re.Match[str]) -> str:
+    tilde, target = match.groups()
+    return f"<code>{target.rsplit('.', 1)[-1] if tilde else target}</code>"
+
+
+def on_page_content(html: str, page: Page, **_: Any) -> str:
+    """Drop the Sphinx role prefixes from rendered docstrings."""
+    return _ROLE.sub(_shorten, html)
