@@ -37,6 +37,7 @@ the README's deployment section); this class is for choosing it explicitly.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import logging
@@ -144,8 +145,10 @@ class _Owner:
         self.name = f"{os.getpid()}-{os.urandom(4).hex()}"
         self.pid = os.getpid()
         self.path = directory / f"{self.name}.lock"
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        hidden = directory / f".{self.name}.lock"
+        fd = os.open(hidden, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(hidden, self.path)  # visible only once locked: unlocked means dead
         self.fd = fd  # kept open for the process's life: the kernel drops the lock at exit
 
     def close(self) -> None:
@@ -181,13 +184,14 @@ def _owner_alive(directory: Path, name: str) -> bool:
 class _Loaded:
     """One bucket as read for one transaction, with a count of its open slots."""
 
-    __slots__ = ("bucket", "foreign", "hold", "key")
+    __slots__ = ("bucket", "expiry", "foreign", "hold", "key")
 
     def __init__(self, key: str, bucket: _Bucket, hold: float) -> None:
         self.key = key
         self.bucket = bucket
         self.hold = hold  # how long a sent call occupies its slot after its answer
         self.foreign = 0  # open slots of other processes
+        self.expiry = _INF  # the earliest lease end of its open slots
 
 
 class _Store:
@@ -202,20 +206,55 @@ class _Store:
         self.mutex = threading.Lock()
         self.owner = _Owner(self.owners)
         self.alive: dict[str, float] = {}  # owner -> until when it is taken as alive
+        # Buckets as of our last transaction, valid while no other connection wrote.
+        self.cache: dict[str, _Loaded] = {}
+        self.version: int | None = None
         self.views: weakref.WeakSet[HostBackend] = weakref.WeakSet()
-        self.db = sqlite3.connect(
-            directory / _DB_NAME, isolation_level=None, check_same_thread=False
-        )
-        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        self._sweep()
         try:
-            # WAL and no fsync: the file only needs to outlive a process, not the host.
-            self.db.execute("PRAGMA busy_timeout=10000")  # only if a foreign writer skips the lock
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=OFF")
-        finally:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
-        with self.transaction() as db:
-            self._prepare(db)
+            self.db = self._open()
+        except sqlite3.DatabaseError as exc:
+            # Not a database (a crash mid-write of another layout, a stray file): the
+            # store holds only minutes of history, so start a new one.
+            _logger.warning("governor store %s unusable (%s); starting a new one", directory, exc)
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+            try:
+                for name in (_DB_NAME, f"{_DB_NAME}-wal", f"{_DB_NAME}-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(directory / name)
+                    _private_file(directory / name)
+            finally:
+                fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+            self.db = self._open()
+        atexit.register(self.owner.close)
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.directory / _DB_NAME, isolation_level=None, check_same_thread=False
+        )
+        self.db = db
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+            try:
+                # WAL and no fsync: the file only needs to outlive a process, not the host.
+                db.execute("PRAGMA busy_timeout=10000")  # only if a foreign writer skips the lock
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=OFF")
+            finally:
+                fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+            with self.transaction():
+                self._prepare(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _sweep(self) -> None:
+        """Remove the lock files of owners long dead (their slots are long reclaimed)."""
+        for path in self.owners.glob("*.lock"):
+            name = path.name[: -len(".lock")]
+            if name != self.owner.name and not name.startswith("."):  # "." : being created
+                _owner_alive(self.owners, name)
 
     @staticmethod
     def _prepare(db: sqlite3.Connection) -> None:
@@ -256,6 +295,8 @@ class _Store:
                     yield db
                 except BaseException:
                     db.execute("ROLLBACK")
+                    self.cache.clear()  # it may hold changes rolled back
+                    self.version = None
                     raise
                 db.execute("COMMIT")
             finally:
@@ -289,8 +330,13 @@ def _store(directory: Path) -> _Store:
 
 
 def _forget_stores_after_fork() -> None:
-    # A child shares neither the parent's SQLite connection nor its identity.
+    # A child shares neither the parent's SQLite connection nor its identity; its copy
+    # of the parent's owner lock would keep the parent's slots held after its death.
     global _STORES_LOCK  # a lock held by another thread at the fork stays held
+    for store in _STORES.values():
+        for fd in (store.owner.fd, store.lock_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
     _STORES.clear()
     _STORES_LOCK = threading.Lock()
 
@@ -376,6 +422,8 @@ class HostBackend:
         self._seqs: dict[int, tuple[_Grant, tuple[int, ...]]] = {}
         self._paused: dict[str, tuple[float, float, float]] = {}
         self._last_offset = _INF
+        # Whose governors' waiters a release here concerns (the default backend wraps one).
+        self._facade: object = self
 
     def __repr__(self) -> str:
         return f"<HostBackend {str(self.directory)!r} owner={self._store.owner.name}>"
@@ -405,7 +453,37 @@ class HostBackend:
     def _load(
         self, db: sqlite3.Connection, requests: Sequence[_SlotRequest], now: float
     ) -> list[_Loaded]:
-        keys = list(dict.fromkeys(r.key for r in requests))
+        store = self._store
+        cache = store.cache
+        # Unchanged by any other connection since our last transaction: what we hold is
+        # the store's state, no need to read it again (one process alone reads nothing).
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != store.version:
+            cache.clear()
+            store.version = version
+        keys = [
+            key
+            for key in dict.fromkeys(r.key for r in requests)
+            if key not in cache or cache[key].expiry <= now
+        ]
+        if keys:
+            self._read(db, keys, requests, now)
+        loaded = [cache[r.key] for r in requests]
+        for item, request in zip(loaded, requests, strict=True):
+            bucket = item.bucket
+            if not bucket.confirmed and request.limit < bucket.limit:
+                # Two configurations share the key: the stricter guess wins.
+                bucket.limit = request.limit
+        return loaded
+
+    def _read(
+        self,
+        db: sqlite3.Connection,
+        keys: list[str],
+        requests: Sequence[_SlotRequest],
+        now: float,
+    ) -> None:
+        """Read ``keys`` from the store into the cache, dropping open slots past their lease."""
         marks = ",".join("?" * len(keys))
         rows = {
             row[0]: row[1:]
@@ -418,33 +496,28 @@ class HostBackend:
         counts = {
             row[0]: row[1:]
             for row in db.execute(
-                f"SELECT key, count(*), sum(owner != ?), group_concat(op, char(31)) "
+                f"SELECT key, count(*), sum(owner != ?), group_concat(op, char(31)), min(lease) "
                 f"FROM slot WHERE key IN ({marks}) GROUP BY key",
                 (self._store.owner.name, *keys),
             )
         }
-        loaded: dict[str, _Loaded] = {}
+        first: dict[str, _SlotRequest] = {}
         for request in requests:
-            key = request.key
-            if key in loaded:
-                continue
+            first.setdefault(request.key, request)
+        for key in keys:
             row = rows.get(key)
             if row is None:
-                item = _Loaded(key, _new_bucket(request), _DEFAULT_HOLD)
+                item = _Loaded(key, _new_bucket(first[key]), _DEFAULT_HOLD)
             else:
                 item = _Loaded(key, _restore(row[0], row[1]), row[2])
-                bucket = item.bucket
-                if not bucket.confirmed and request.limit < bucket.limit:
-                    # Two configurations share the key: the stricter guess wins.
-                    bucket.limit = request.limit
             count = counts.get(key)
             if count is not None:
                 item.bucket.open = count[0]
                 item.foreign = count[1]
                 if count[2]:
                     item.bucket.probing = set(count[2].split("\x1f"))
-            loaded[key] = item
-        return [loaded[r.key] for r in requests]
+                item.expiry = count[3]
+            self._store.cache[key] = item
 
     def _save(
         self, db: sqlite3.Connection, items: Sequence[_Loaded], now: float, offset: float
@@ -532,7 +605,9 @@ class HostBackend:
                 probing.append(probe)
                 marks.append(mark)
                 seqs.append(seq)
-                rows.append((item.key, seq, owner, now + self.lease, request.op if probe else None))
+                lease = now + self.lease
+                item.expiry = min(item.expiry, lease)
+                rows.append((item.key, seq, owner, lease, request.op if probe else None))
             db.executemany("INSERT INTO slot VALUES (?, ?, ?, ?, ?)", rows)
             self._save(db, items, now, offset)
         grant = _Grant(tuple(requests), tuple(probing), tuple(marks))
@@ -564,30 +639,31 @@ class HostBackend:
             for index, (item, request) in enumerate(zip(items, requests, strict=True)):
                 bucket = item.bucket
                 seq = seqs[index]
+                occupied = stored_end
                 if index == 0 and feedback is not None:
-                    learned = bucket.learn(
-                        request,
-                        feedback._replace(
-                            reset_at=_there(feedback.reset_at, offset),
-                            opened_at=_there(feedback.opened_at, offset),
-                            counted_from=_there(feedback.counted_from, offset),
-                        ),
-                        now,
-                        grant.marks[0],
+                    stored = feedback._replace(
+                        reset_at=_there(feedback.reset_at, offset),
+                        opened_at=_there(feedback.opened_at, offset),
+                        counted_from=_there(feedback.counted_from, offset),
                     )
+                    learned = bucket.learn(request, stored, now, grant.marks[0])
+                    if occupied is not None and stored.reset_at < occupied:
+                        # The window that counted the call ends then: so does its occupancy.
+                        occupied = stored.reset_at
                 deleted = db.execute("DELETE FROM slot WHERE key=? AND seq=?", (item.key, seq))
-                if not deleted.rowcount:
-                    # Taken back already (its lease ended, or its owner was taken for dead).
-                    continue
-                bucket.open -= 1
-                if grant.probing[index] and request.op is not None:
-                    bucket.probing.discard(request.op)
-                if stored_end is None:
+                if deleted.rowcount:
+                    bucket.open -= 1
+                    if grant.probing[index] and request.op is not None:
+                        bucket.probing.discard(request.op)
+                elif occupied is None:
+                    continue  # its lease had ended: nothing was counted, nothing to give back
+                if occupied is None:
                     if bucket.cap_until > now:
                         bucket.cap_left += 1  # never reached the server: refund the cap
                 else:
-                    insort(bucket.ends, stored_end)
-                    item.hold = max(stored_end - now, 0.0)
+                    insort(bucket.ends, occupied)
+                    if stored_end is not None:
+                        item.hold = max(stored_end - now, 0.0)
             self._save(db, items, now, offset)
         self._wake_views(grant.requests)
         return learned
@@ -597,7 +673,7 @@ class HostBackend:
         for view in list(self._store.views):
             if view is not self:
                 for request in requests:
-                    _governor.wake_waiters(view, request.key)
+                    _governor.wake_waiters(view._facade, request.key)  # type: ignore[arg-type]
 
     def seed_now(self, request: _SlotRequest, feedback: _Feedback) -> None:
         """:meth:`seed`, synchronously."""
@@ -642,8 +718,11 @@ class HostBackend:
         offset = self._offset()
         with self._store.transaction() as db:
             now = self._clock()
-            row = db.execute("SELECT 1 FROM bucket WHERE key=?", (key,)).fetchone()
-            if row is None:
+            row = (
+                key in self._store.cache
+                or db.execute("SELECT 1 FROM bucket WHERE key=?", (key,)).fetchone()
+            )
+            if not row:
                 return  # as in memory: a bucket never used has nothing to pause
             (item,) = self._load(db, [_lookup(key)], now)
             stored = _there(until, offset)

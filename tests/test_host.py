@@ -16,6 +16,7 @@ from trio.testing import MockClock
 from apientreprise_async.backends import Blocked, Grant, SlotRequest
 from apientreprise_async.host import HostBackend, runtime_directory
 from apientreprise_async.testing import check_backend
+from apientreprise_async.testing._conformance import _CHECKS
 
 from .conftest import ROOT
 
@@ -26,28 +27,22 @@ def anyio_backend() -> Any:
     return ("trio", {"clock": MockClock(autojump_threshold=0)})
 
 
-#: Checks of rules newer than this backend (issue 20: a slot ends with its server window).
-_CATCHING_UP = ("occupied_until_window_end",)
-
-
 @pytest.mark.anyio
 async def test_host_backend_conforms_in_virtual_time(tmp_path: Path) -> None:
     """Every check passes with exact times when the store shares the test's clock."""
     names = await check_backend(
-        lambda: HostBackend(tmp_path, clock=anyio.current_time), tolerance=0.0, skip=_CATCHING_UP
+        lambda: HostBackend(tmp_path, clock=anyio.current_time), tolerance=0.0
     )
-    assert 12 == len(names)
+    assert len(_CHECKS) == len(names)
 
 
 def test_host_backend_conforms_on_the_host_clock(tmp_path: Path) -> None:
     """The same checks in real time on asyncio: times converted at the edge stay exact enough."""
 
     async def main() -> list[str]:
-        return await check_backend(
-            lambda: HostBackend(tmp_path), hold=0.05, tolerance=0.02, skip=_CATCHING_UP
-        )
+        return await check_backend(lambda: HostBackend(tmp_path), hold=0.05, tolerance=0.02)
 
-    assert 12 == len(anyio.run(main, backend="asyncio"))
+    assert len(_CHECKS) == len(anyio.run(main, backend="asyncio"))
 
 
 def test_files_are_private(tmp_path: Path) -> None:
@@ -148,3 +143,16 @@ def test_slots_of_a_killed_worker_free_within_a_period(tmp_path: Path) -> None:
             anyio.run(after_kill, holder, backend="asyncio")
         finally:
             holder.kill()
+
+
+def test_a_corrupt_store_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file that is not a database (a stray or truncated file): a new store, logged."""
+    (tmp_path / "governor.sqlite3").write_bytes(b"not a database at all" * 100)
+    os.chmod(tmp_path / "governor.sqlite3", 0o600)
+    backend = HostBackend(tmp_path)
+
+    async def main() -> None:
+        assert isinstance(await backend.acquire([SlotRequest("tok/b", 1)]), Grant)
+
+    anyio.run(main, backend="asyncio")
+    assert [r for r in caplog.records if "unusable" in r.getMessage()]
