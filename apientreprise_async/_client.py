@@ -520,6 +520,11 @@ class AsyncClient(Resources):
     def with_options(
         self,
         *,
+        token: str | UseDefault = USE_DEFAULT,
+        auth: AuthStrategy | UseDefault = USE_DEFAULT,
+        environment: str | UseDefault = USE_DEFAULT,
+        base_url: str | UseDefault = USE_DEFAULT,
+        user_agent: str | UseDefault = USE_DEFAULT,
         recipient: str | UseDefault | None = USE_DEFAULT,
         context: str | UseDefault | None = USE_DEFAULT,
         object: str | UseDefault | None = USE_DEFAULT,
@@ -535,7 +540,15 @@ class AsyncClient(Resources):
     ) -> AsyncClient:
         """A new client with some settings changed, sharing this one's pool and governor.
 
-        The new client never closes the shared pool; close the original when done.
+        This is the DINUM spec's ``with()``: the original is left unchanged. A new
+        ``environment`` alone moves to that environment's URL; ``base_url`` keeps
+        the environment's name unless one is given too. A new ``token`` (or
+        ``auth``) gets buckets of its own in the shared governor. The new client
+        never closes the shared pool; close the original when done.
+
+        Raises:
+            ValueError: both ``token`` and ``auth``, an unknown environment or a
+                base URL that is not HTTP(S).
         """
         changes: dict[str, Any] = {
             name: value
@@ -552,11 +565,31 @@ class AsyncClient(Resources):
                 ("user", user),
                 ("case", case),
                 ("strict", strict),
+                ("user_agent", user_agent),
             )
             if value is not USE_DEFAULT
         }
+        strategy = self._auth
+        if not isinstance(token, UseDefault):
+            if not isinstance(auth, UseDefault):
+                raise ValueError("pass either token or auth, not both")
+            strategy = BearerToken(token)
+        elif not isinstance(auth, UseDefault):
+            strategy = auth
+        circuit = self._circuit
+        if not (isinstance(environment, UseDefault) and isinstance(base_url, UseDefault)):
+            # Only what is passed here counts: the environment variables were read once.
+            url, name = resolve_base_url(
+                None if isinstance(base_url, UseDefault) else base_url,
+                self._settings.environment if isinstance(environment, UseDefault) else environment,
+                env={},
+            )
+            changes.update(base_url=url, environment=name)
+            if url != self._settings.base_url and circuit is not None:
+                # Silence from one server says nothing about another.
+                circuit = Circuit(circuit.policy)
         clone = AsyncClient.__new__(AsyncClient)
-        clone._circuit = self._circuit
+        clone._circuit = circuit
         clone._coalescer = self._coalescer
         clone._in_flight = self._in_flight
         clone._audit = self._audit
@@ -565,11 +598,13 @@ class AsyncClient(Resources):
         clone._telemetry = self._telemetry
         clone._setup(
             attrs.evolve(self._settings, **changes),
-            self._auth,
+            strategy,
             self._governor,
             self._http,
             owns_http=False,
         )
+        if strategy is not self._auth:
+            clone._warn_expiry()
         return clone
 
     # -- introspection ---------------------------------------------------------------

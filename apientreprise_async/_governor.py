@@ -64,6 +64,7 @@ the IP queue, holding nothing meanwhile.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -118,6 +119,8 @@ _INF = math.inf
 _DRIFT = 5e-4
 #: A ``RateLimit-Reset`` above this is an epoch; below, delta-seconds (the RFC draft).
 _EPOCH_RESET = 1e9
+#: Numbers the governors built without a backend (the prefix of their token buckets).
+_PRIVATE = itertools.count(1)
 
 
 def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -373,10 +376,12 @@ _default_governor: Governor | None = None
 
 
 def default_backend() -> InMemoryBackend:
-    """The process-wide in-memory backend: every governor built without one shares it.
+    """The process-wide in-memory backend: every governor built without one uses it.
 
     So the IP bucket (key ``"ip"``) is one per process, whatever the limits of
-    each client, and two clients using the same token share its buckets. It
+    each client. Token buckets (and their 429 pauses) are shared by the clients
+    of the default governor and by governors given this backend explicitly; a
+    ``Governor()`` built without a backend keeps its own. It
     is not thread-safe: use it from one event loop at a time (it forgets
     everything when it sees the clock of a new loop go backwards; a test suite
     can call its :meth:`~InMemoryBackend.clear` between tests).
@@ -396,7 +401,7 @@ def default_governor() -> Governor:
     """
     global _default_governor  # lazily created process-wide singleton
     if _default_governor is None:
-        _default_governor = Governor()
+        _default_governor = Governor(backend=default_backend())
     return _default_governor
 
 
@@ -687,11 +692,14 @@ class Governor:
 
     Args:
         limits: the limits to respect (:class:`Limits` defaults).
-        backend: where buckets live; by default the process-wide
-            :func:`default_backend`, so every governor of the process shares
-            the IP bucket (and the buckets of a token it also uses). Pass an
-            :class:`~apientreprise_async.backends.InMemoryBackend` of its own
-            to keep a governor apart.
+        backend: where buckets live. Without one, the governor counts its calls
+            in the process's IP bucket (:func:`default_backend`) but keeps token
+            buckets and 429 pauses of its own, so that a client given its own
+            ``Governor()`` is not held back by the others' (two governors using
+            one token may then together pass that token's limit). Pass
+            ``default_backend()`` to share everything with the process's
+            governors, or an :class:`~apientreprise_async.backends.InMemoryBackend`
+            of its own to keep even the IP bucket apart (another egress IP, a test).
         wall_clock: epoch seconds, used only to read HTTP dates in
             ``Retry-After``. ``RateLimit-Reset`` is read on the server's own
             clock, bounded from the answers (see the module's docstring).
@@ -707,6 +715,9 @@ class Governor:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.limits = limits or Limits()
+        # Its token buckets live under a prefix of its own in the process backend;
+        # the IP bucket's key has none, so the process ceiling still holds.
+        self._scope = "" if backend is not None else f"governor-{next(_PRIVATE)}:"
         self._backend: GovernorBackend = default_backend() if backend is None else backend
         self._queues = _queues_for(self._backend)
         # The in-memory backend, when its coroutines can be skipped: nothing in
@@ -791,10 +802,16 @@ class Governor:
     def snapshot(self) -> GovernorSnapshot:
         """Per bucket: limit, calls in the current period, queue length, next free time."""
         backend = self._backend
-        buckets = {
-            key: BucketSnapshot._of(state, self._queued(key))
-            for key, state in backend.snapshot().items()
-        }
+        scope = self._scope
+        buckets = {}
+        for key, state in backend.snapshot().items():
+            shown = key
+            if scope and key != IP_KEY:
+                if not key.startswith(scope):
+                    continue  # another governor's bucket in the shared backend
+                shown = key.removeprefix(scope)
+            bucket = BucketSnapshot._of(state, self._queued(key))
+            buckets[shown] = attrs.evolve(bucket, key=shown) if shown != key else bucket
         return GovernorSnapshot(current_time(), buckets, self.counters)
 
     def _window_end(
@@ -848,7 +865,7 @@ class Governor:
             limits = self.limits
             name, limit = limits.bucket_for(endpoint)
             bucket = SlotRequest(
-                f"{token}/{name}",
+                f"{self._scope}{token}/{name}",
                 limit,
                 endpoint.operation_id,
                 limits.slow_start,

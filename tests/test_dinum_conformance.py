@@ -881,6 +881,56 @@ def test_s11_configuration_is_immutable() -> None:
             setattr(settings, name, "x")
 
 
+async def test_s11_with_returns_a_new_client_and_leaves_the_original_unchanged() -> None:
+    wire = Wire(lambda r: envelope({}))
+    async with client(wire) as original:
+        staging = original.with_options(environment="staging")
+        gateway = staging.with_options(base_url="https://gateway.test/")
+        other_token = original.with_options(token="other-token", context="Autre")
+        for copy in (staging, gateway, other_token):
+            assert copy is not original
+            await copy.get(PATH)
+        await original.get(PATH)
+    assert ("production", "https://entreprise.api.gouv.fr") == (
+        original.settings.environment,
+        original.settings.base_url,
+    )
+    assert ("staging", "https://staging.entreprise.api.gouv.fr") == (
+        staging.settings.environment,
+        staging.settings.base_url,
+    )
+    assert ("staging", "https://gateway.test") == (
+        gateway.settings.environment,
+        gateway.settings.base_url,
+    )
+    hosts = [r.url.host for r in wire.requests]
+    assert [
+        "staging.entreprise.api.gouv.fr",
+        "gateway.test",
+        "entreprise.api.gouv.fr",
+        "entreprise.api.gouv.fr",
+    ] == hosts
+    tokens = [r.headers["authorization"] for r in wire.requests]
+    assert [f"Bearer {TOKEN}", f"Bearer {TOKEN}", "Bearer other-token", f"Bearer {TOKEN}"] == tokens
+    assert ("Autre", "Aide X") == (
+        wire.requests[2].url.params["context"],
+        wire.requests[3].url.params["context"],
+    )
+
+
+async def test_s11_with_can_swap_the_auth_strategy() -> None:
+    wire = Wire(lambda r: envelope({}))
+    async with client(wire) as original:
+        swapped = original.with_options(auth=BearerToken("from-a-strategy"))
+        await swapped.get(PATH)
+        with pytest.raises(ValueError, match="token or auth"):
+            original.with_options(token="a", auth=BearerToken("b"))
+        with pytest.raises(ValueError, match="environment"):
+            original.with_options(environment="dev")
+    assert "Bearer from-a-strategy" == wire.requests[0].headers["authorization"]
+    assert original.token_fingerprint != swapped.token_fingerprint
+
+
 # -- §12 Testing -----------------------------------------------------------------------------
 
 
@@ -910,6 +960,44 @@ async def test_s13_one_client_shared_by_concurrent_tasks() -> None:
             for i in range(20):
                 tg.start_soon(one, i)
     assert {i: {"echo": f"D-{i}"} for i in range(20)} == seen
+
+
+def _after_a_429(request: httpx.Request) -> httpx.Response:
+    return failure(429, {"code": "00429"}, headers={"Retry-After": "60"})
+
+
+async def test_s13_clients_with_their_own_governor_do_not_share_a_pause() -> None:
+    """README: pass your own Governor() to keep a client apart (its IP bucket is still the process's)."""
+    from apientreprise_async import Governor
+
+    limited, fine = Wire(_after_a_429), Wire(lambda r: envelope({"ok": True}))
+    first = client(limited, governor=Governor(), max_wait=0)
+    second = client(fine, governor=Governor(), max_wait=0)
+    async with first, second:
+        with pytest.raises(RateLimitError) as server:
+            await first.get(PATH)
+        with pytest.raises(RateLimitError) as local:
+            await first.get(PATH)  # its own bucket is paused: refused without a request
+        assert {"ok": True} == (await second.get(PATH)).data
+    assert (False, True) == (server.value.local, local.value.local)
+    assert (1, 1) == (len(limited.requests), len(fine.requests))
+    bucket = f"{first.token_fingerprint}/json_resources_entreprise"
+    one, two = first.governor.snapshot().buckets, second.governor.snapshot().buckets
+    assert one[bucket].paused_until > two[bucket].paused_until
+    assert 2 == one["ip"].in_period == two["ip"].in_period  # one IP bucket for the process
+
+
+async def test_s13_departure_clients_of_the_default_governor_share_a_pause() -> None:
+    """Departure (README): one governor per process by default, so a 429 pauses every client."""
+    limited, fine = Wire(_after_a_429), Wire(lambda r: envelope({"ok": True}))
+    async with client(limited, max_wait=0) as first, client(fine, max_wait=0) as second:
+        assert first.governor is second.governor
+        with pytest.raises(RateLimitError):
+            await first.get(PATH)
+        with pytest.raises(RateLimitError) as info:
+            await second.get(PATH)
+    assert info.value.local
+    assert [] == fine.requests
 
 
 # -- §14 Transport ---------------------------------------------------------------------------
