@@ -329,7 +329,18 @@ class ServerError(ApiError):
 
 
 class ProviderError(ServerError):
-    """502: the upstream provider failed."""
+    """502: the upstream provider failed.
+
+    Attributes:
+        retry_after: seconds the server suggests waiting (``meta.retry_in``, as the
+            reference client names it), ``None`` when it gave none.
+    """
+
+    def __init__(
+        self, message: str | None = None, *, retry_after: float | None = None, **kw: Any
+    ) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = self.retry_in if retry_after is None else retry_after
 
 
 class ProviderUnavailableError(ServerError):

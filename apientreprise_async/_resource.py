@@ -62,5 +62,5 @@ class ResourceGroup:
         operation_id = versions.get(version)
         if operation_id is None or isinstance(version, bool):
             known = ", ".join(str(v) for v in sorted(versions))
-            raise ValueError(f"{method}: version {version!r} does not exist (choose {known})")
+            raise ValueError(f"{method}: version {version!r} does not exist; supported: {known}")
         return get_endpoint(operation_id)

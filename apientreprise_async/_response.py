@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 from collections.abc import Mapping
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -26,6 +27,15 @@ class RateLimit:
     limit: int | None
     remaining: int | None
     reset_epoch: float | None
+
+    def retry_after(self, now: float | None = None) -> float | None:
+        """Seconds from ``now`` (epoch, default the wall clock) to the reset, never negative.
+
+        ``None`` when ``RateLimit-Reset`` was absent or malformed.
+        """
+        if self.reset_epoch is None:
+            return None
+        return max(0.0, self.reset_epoch - (time.time() if now is None else now))
 
     @property
     def reset_at(self) -> dt.datetime | None:
@@ -61,8 +71,16 @@ def _count(value: str | None) -> float | None:
     return None if number is None or number < 0 else number
 
 
+def _lower(headers: Mapping[str, str]) -> Mapping[str, str]:
+    # httpx.Headers ignores case already; a plain mapping from a caller may not.
+    if isinstance(headers, httpx.Headers):
+        return headers
+    return {str(key).lower(): value for key, value in headers.items()}
+
+
 def parse_rate_limit(headers: Mapping[str, str]) -> RateLimit | None:
     """Read whichever ``RateLimit-*`` headers are usable; ``None`` when none is."""
+    headers = _lower(headers)
     limit = _count(headers.get("ratelimit-limit"))
     remaining = _count(headers.get("ratelimit-remaining"))
     reset = _count(headers.get("ratelimit-reset"))
@@ -77,6 +95,7 @@ def parse_rate_limit(headers: Mapping[str, str]) -> RateLimit | None:
 
 def parse_window(headers: Mapping[str, str]) -> _Window | None:
     """All three ``RateLimit-*`` headers, or ``None`` if any is absent or malformed."""
+    headers = _lower(headers)
     limit = _count(headers.get("ratelimit-limit"))
     remaining = _count(headers.get("ratelimit-remaining"))
     reset = _count(headers.get("ratelimit-reset"))

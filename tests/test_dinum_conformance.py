@@ -454,7 +454,13 @@ async def test_s6_provider_meta_is_surfaced_verbatim() -> None:
     assert "INSEE" == info.value.provider
     assert {"provider": "INSEE", "retry_in": 10} == info.value.first_error_meta
     assert 10 == info.value.errors[0]["meta"]["retry_in"]  # the unit (seconds) kept as sent
-    assert 10.0 == info.value.retry_in
+    assert 10.0 == info.value.retry_in == info.value.retry_after
+
+
+def test_s6_retry_after_on_rate_limit_and_provider_errors() -> None:
+    assert 12 == RateLimitError(http_status=429, retry_after=12).retry_after
+    assert 300 == ProviderError(http_status=502, retry_after=300).retry_after
+    assert ProviderError(http_status=502).retry_after is None
 
 
 async def test_s6_an_error_without_a_code_keeps_its_title_and_detail_in_the_message() -> None:
@@ -526,6 +532,19 @@ def test_s7_1_partial_headers_give_what_they_can() -> None:
     assert RateLimit(50, None, None) == one_bad
     assert one_bad is not None
     assert one_bad.reset_at is None
+
+
+def test_s7_1_header_names_are_case_insensitive_even_in_a_plain_mapping() -> None:
+    upper = {"RateLimit-Limit": "50", "RateLimit-Remaining": "49", "RateLimit-Reset": "1700000000"}
+    lower = {k.lower(): v for k, v in upper.items()}
+    assert parse_rate_limit(upper) == parse_rate_limit(lower) == RateLimit(50, 49, 1700000000.0)
+
+
+def test_s7_2_rate_limit_retry_after_counts_to_the_reset() -> None:
+    now = 1_700_000_000.0
+    assert 30 == RateLimit(50, 0, now + 30).retry_after(now)
+    assert 0 == RateLimit(50, 0, now - 30).retry_after(now)
+    assert RateLimit(50, 10, None).retry_after(now) is None
 
 
 async def test_s7_1_every_response_parses_the_headers() -> None:
@@ -759,7 +778,7 @@ async def test_s9_1_default_version_is_the_latest_and_older_ones_warn_when_depre
 async def test_s9_1_an_unknown_version_is_an_argument_error() -> None:
     wire = Wire()
     async with client(wire) as c:
-        with pytest.raises(ValueError, match="99"):
+        with pytest.raises(ValueError, match=r"version 99.*supported: 3, 4"):
             await c.insee.unites_legales(SIREN, version=99)  # type: ignore[call-overload]
     assert [] == wire.requests
 
