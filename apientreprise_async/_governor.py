@@ -719,6 +719,9 @@ class Governor:
         # the IP bucket's key has none, so the process ceiling still holds.
         self._scope = "" if backend is not None else f"governor-{next(_PRIVATE)}:"
         self._backend: GovernorBackend = default_backend() if backend is None else backend
+        if self._scope:
+            # Its buckets would otherwise outlive it in the process backend.
+            weakref.finalize(self, _forget_scope, self._backend, self._scope)
         self._queues = _queues_for(self._backend)
         # The in-memory backend, when its coroutines can be skipped: nothing in
         # it waits, so its synchronous twins do the same, a coroutine cheaper.
@@ -1246,6 +1249,15 @@ class Governor:
                 request.key,
                 key,
             )
+
+
+def _forget_scope(backend: GovernorBackend, scope: str) -> None:
+    """Drop the buckets and queues of a collected governor from the backend it shared."""
+    queues = _QUEUES.get(backend)
+    for table in (getattr(backend, "_buckets", None), queues):
+        if isinstance(table, dict):
+            for key in [key for key in list(table) if key.startswith(scope)]:
+                table.pop(key, None)
 
 
 def _queues_for(backend: GovernorBackend) -> dict[str, _Queue]:

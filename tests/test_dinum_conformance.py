@@ -1006,6 +1006,22 @@ async def test_s13_clients_with_their_own_governor_do_not_share_a_pause() -> Non
     assert 2 == one["ip"].in_period == two["ip"].in_period  # one IP bucket for the process
 
 
+async def test_s13_an_own_governor_leaves_nothing_behind_in_the_process_backend() -> None:
+    import gc
+
+    from apientreprise_async import Governor
+    from apientreprise_async._governor import default_backend
+
+    async with client(Wire(), governor=Governor()) as c:
+        await c.get(PATH)
+        mine = set(c.governor.snapshot().buckets) - {"ip"}
+        assert mine
+    del c
+    gc.collect()
+    assert not any(key.endswith(tuple(mine)) for key in default_backend().snapshot())
+    assert "ip" in default_backend().snapshot()
+
+
 async def test_s13_departure_clients_of_the_default_governor_share_a_pause() -> None:
     """Departure (README): one governor per process by default, so a 429 pauses every client."""
     limited, fine = Wire(_after_a_429), Wire(lambda r: envelope({"ok": True}))
