@@ -352,6 +352,18 @@ async def test_s5_empty_meta_is_surfaced_verbatim() -> None:
     assert {} == r.raw["meta"]
 
 
+async def test_s5_a_200_that_does_not_fit_its_record_is_still_answered() -> None:
+    """The reference client returns whatever the 200 carried; so does a typed method here."""
+    wire = Wire(lambda r: envelope({"siren": SIREN, "surprise": 1}, links={}, meta={"m": 1}))
+    async with client(wire) as c:
+        r = await c.insee.unites_legales(SIREN)
+    assert 200 == r.http_status
+    assert {"siren": SIREN, "surprise": 1} == r.raw["data"]
+    assert {"m": 1} == r.meta
+    assert SIREN == r.data.siren
+    assert r.problems  # what did not fit is named, not lost
+
+
 def test_s5_response_is_a_value_object() -> None:
     assert attrs.has(apientreprise_async.Response)
     fields = [f.name for f in attrs.fields(apientreprise_async.Response)]
