@@ -1055,6 +1055,41 @@ def test_s14_tls_verification_cannot_be_disabled() -> None:
         AsyncClient(token=TOKEN, verify=False)
 
 
+async def test_s14_proxy_environment_variables_are_honoured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real proxy on loopback sees the tunnel request; it refuses, the call is a TransportError."""
+    import anyio
+    import anyio.abc
+
+    seen: list[bytes] = []
+
+    async def proxy(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive()
+            seen.append(head)
+            await stream.send(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, proxy)
+        async with AsyncClient(
+            token=TOKEN, recipient=RECIPIENT, context="c", object="o", retry=None
+        ) as c:
+            with pytest.raises(TransportError):
+                await c.get(PATH)
+        tg.cancel_scope.cancel()
+    assert 1 == len(seen)
+    assert seen[0].startswith(b"CONNECT entreprise.api.gouv.fr:443 ")
+    assert TOKEN.encode() not in seen[0]  # the token only ever travels inside the tunnel
+
+
 async def test_s14_responses_are_never_cached() -> None:
     wire = Wire(lambda r: envelope({"n": len(wire.requests)}))
     async with client(wire) as c:
