@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -157,6 +158,12 @@ def test_s3_1_bearer_token_rejects_an_empty_token() -> None:
         BearerToken("   ")
 
 
+@pytest.mark.parametrize("token", [None, 12345, b"abc.def.ghi"], ids=["none", "int", "bytes"])
+def test_s3_1_bearer_token_rejects_what_is_not_a_string(token: Any) -> None:
+    with pytest.raises((TypeError, ValueError), match="token"):
+        BearerToken(token)
+
+
 async def test_s3_1_a_new_strategy_plugs_in_without_touching_the_transport() -> None:
     """The transport reads headers from the strategy on every request, never a raw token."""
 
@@ -285,6 +292,23 @@ def test_s4_1_invalid_sirets(value: str | None) -> None:
 def test_s4_1_la_poste_sirets_skip_luhn() -> None:
     assert is_valid_siret("35600000000002")
     assert not is_valid_siret("35600000100002")  # not La Poste: Luhn applies and fails
+
+
+FULLWIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
+ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+
+
+@pytest.mark.parametrize("digits", [FULLWIDTH, ARABIC_INDIC], ids=["fullwidth", "arabic-indic"])
+async def test_s4_1_only_ascii_digits_make_a_siret(digits: dict[int, str]) -> None:
+    """§4.1's pattern is ``\\d{14}`` over ASCII: other Unicode digits are refused, never sent."""
+    assert not is_valid_siret(RECIPIENT.translate(digits))
+    wire = Wire()
+    async with client(wire) as c:
+        with pytest.raises(InvalidSiretError, match="recipient"):
+            await c.get(PATH, params={"recipient": RECIPIENT.translate(digits)})
+        with pytest.raises(InvalidSiretError, match="siret"):
+            await c.insee.successions(SIRET.translate(digits))
+    assert [] == wire.requests
 
 
 def test_s4_1_invalid_siret_error_is_the_native_argument_error() -> None:
@@ -1053,6 +1077,23 @@ async def test_s13_departure_clients_of_the_default_governor_share_a_pause() -> 
 def test_s14_tls_verification_cannot_be_disabled() -> None:
     with pytest.raises(ValueError, match="TLS"):
         AsyncClient(token=TOKEN, verify=False)
+
+
+def _unverified() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def test_s14_tls_verification_cannot_be_disabled_any_other_way() -> None:
+    with pytest.raises(ValueError, match="cannot be disabled"):
+        AsyncClient(token=TOKEN, verify=_unverified())
+    async with httpx.AsyncClient(verify=False) as unverified:
+        with pytest.raises(ValueError, match="cannot be disabled"):
+            AsyncClient(token=TOKEN, http_client=unverified)
+    with pytest.raises(ValueError, match="cannot be disabled"):
+        AsyncClient(token=TOKEN, transport=httpx.AsyncHTTPTransport(verify=False))
 
 
 async def test_s14_proxy_environment_variables_are_honoured(
