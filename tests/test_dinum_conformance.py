@@ -129,6 +129,18 @@ async def test_s2_base_url_override_is_where_requests_go(no_env: pytest.MonkeyPa
     assert f"https://gateway.test:8080{PATH}" == str(wire.requests[0].url).split("?")[0]
 
 
+async def test_s2_departure_plain_http_base_url_only_on_loopback(
+    no_env: pytest.MonkeyPatch,
+) -> None:
+    """Departure (README): a local mock server may be plain http; a remote one must be https."""
+    wire = Wire()
+    async with client(wire, base_url="http://127.0.0.1:8080") as c:
+        await c.get(PATH)
+    assert "http://127.0.0.1:8080" == str(wire.requests[0].url).split("/v4/")[0]
+    with pytest.raises(ValueError, match="https"):
+        AsyncClient(token=TOKEN, base_url="http://gateway.test")
+
+
 def test_s2_unknown_environment_is_an_argument_error(no_env: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="environment"):
         AsyncClient(token=TOKEN, environment="dev")
