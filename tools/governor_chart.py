@@ -2,9 +2,8 @@
 
 A batch of 1,000 SIRENs runs against the emulator (JSON limit 250 calls per
 60 s) on trio's mock clock, so four simulated minutes take a second. The chart
-shows, second by second, how many calls the server saw in the last 60 s
-(what any server window could count) beside the limit, and the calls sent so
-far. Run from the repository root::
+shows, second by second, how many calls the server's current window has
+counted so far beside the limit, and the calls sent so far. Run from the repository root::
 
     python tools/governor_chart.py
 """
@@ -40,8 +39,11 @@ def luhn(prefix: str) -> str:
     raise AssertionError
 
 
-async def simulate() -> list[float]:
-    """Send times (seconds from the first) of a 1,000-input batch, as the emulator saw them."""
+async def simulate() -> list[tuple[float, float]]:
+    """Per call of a 1,000-input batch, as the emulator saw it: arrival, and its window's start.
+
+    Both in seconds from the first arrival.
+    """
     emulator = Emulator(period=PERIOD, faults=Faults(latency=(0.05, 0.4)), seed=1)
     token = emulator.add_token("chart-token")
     governor = Governor(Limits(period=PERIOD), backend=InMemoryBackend())
@@ -59,17 +61,22 @@ async def simulate() -> list[float]:
     ):
         async for _ in outcomes:
             pass
-    times = [r.monotonic for r in emulator.requests]
-    return [t - times[0] for t in times]
+    first = emulator.requests[0]
+    return [
+        (r.monotonic - first.monotonic, (r.window or r.epoch) - first.epoch)
+        for r in emulator.requests
+    ]
 
 
-def svg(times: list[float]) -> str:
+def svg(calls: list[tuple[float, float]]) -> str:
     """The chart as SVG text (no plotting library needed)."""
     width, height, left, bottom, top = 720, 320, 60, 40, 20
+    times = [t for t, _ in calls]
     end = max(times) + PERIOD
     step = 0.25  # fine enough to catch any window's count, not only whole seconds
     samples = [i * step for i in range(int(end / step) + 1)]
-    window = [sum(1 for t in times if s - PERIOD < t <= s) for s in samples]
+    # What the server's window open at s has counted by s.
+    window = [sum(1 for t, w in calls if w <= s < w + PERIOD and t <= s) for s in samples]
     sent = [sum(1 for t in times if t <= s) for s in samples]
     seconds = int(end) + 1
     y_max = 1100
@@ -111,7 +118,7 @@ def svg(times: list[float]) -> str:
         f'<text x="{x(end * 0.55):.1f}" y="{y(sent[-1]) + 18:.1f}" fill="#1565c0">'
         f"calls sent so far ({len(times):,})</text>",
         f'<text x="{x(end * 0.55):.1f}" y="{y(max(window)) + 32:.1f}" fill="#2e7d32">'
-        f"calls in the last 60 s (at most {max(window)})</text>",
+        f"calls in the server's current window (at most {max(window)})</text>",
         "</svg>",
     ]
     return "\n".join(parts) + "\n"
@@ -120,10 +127,10 @@ def svg(times: list[float]) -> str:
 def main() -> None:
     """Simulate, draw, write."""
     clock: Any = trio.testing.MockClock(autojump_threshold=0)
-    times = trio.run(simulate, clock=clock)
+    calls = trio.run(simulate, clock=clock)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(svg(times), "utf-8")
-    print(f"{OUT.relative_to(ROOT)}: {len(times)} calls over {max(times):.0f} s")
+    OUT.write_text(svg(calls), "utf-8")
+    print(f"{OUT.relative_to(ROOT)}: {len(calls)} calls over {max(t for t, _ in calls):.0f} s")
 
 
 if __name__ == "__main__":
