@@ -302,3 +302,30 @@ async def test_versions_of_one_endpoint_share_a_bucket_until_the_server_counts_t
     assert 4 == buckets[shared].in_period
     await call(v3, 1)
     assert 1 == gov.snapshot().buckets[own].in_period
+
+
+async def test_a_lower_count_from_the_server_gives_no_slot_back() -> None:
+    """Remaining says the server saw one call; a timed-out one of ours may still land: wait."""
+    limits = Limits(groups={JSON: 2}, period=10.0, slow_start=False)
+    gov = Governor(limits, backend=InMemoryBackend(), wall_clock=wall_clock)
+    endpoint = json_endpoint()
+    with anyio.move_on_after(1.0):  # sent, then given up on: it may still reach the server
+        async with gov.permit("tok", endpoint) as permit:
+            permit.sending()
+            await anyio.sleep(5.0)
+    async with gov.permit("tok", endpoint) as permit:
+        permit.sending()
+        permit.observe(
+            200,
+            {
+                "ratelimit-limit": "2",
+                "ratelimit-remaining": "1",  # only this call counted so far
+                "ratelimit-reset": str(EPOCH + 10.0),
+                "date": formatdate(EPOCH + anyio.current_time(), usegmt=True),
+            },
+        )
+    async with gov.permit("tok", endpoint) as permit:
+        permit.sending()
+        sent = anyio.current_time()
+    # Not at once: the window [0, 10) ends (plus the margin) before either slot frees.
+    assert pytest.approx(10.0 + 0.05) == sent
