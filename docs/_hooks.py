@@ -116,6 +116,13 @@ def _pages() -> dict[str, str]:
     pages = {"reference/operations.md": _operations_page()}
     for name in _public_modules():
         pages[f"reference/{name}.md"] = _module_page(name)
+    pages["reference/records/index.md"] = (
+        "# Records\n\n"
+        "Every answer's `data` is a frozen attrs record of the operation's provider module "
+        "(or a tuple of them); the [operations table](../operations.md) names each one. "
+        "They share this base:\n\n"
+        f"::: {PACKAGE}.records.Record\n    options:\n      heading_level: 2\n"
+    )
     for name in _record_modules():
         pages[f"reference/records/{name.rsplit('.', 1)[1]}.md"] = _records_page(name)
     return pages
@@ -129,7 +136,12 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
         for path in pages
         if path.count("/") == 1 and path != "reference/operations.md"
     ]
-    records = [{path.rsplit("/", 1)[1][:-3]: path} for path in pages if "/records/" in path]
+    records: list[Any] = ["reference/records/index.md"]
+    records += [
+        {path.rsplit("/", 1)[1][:-3]: path}
+        for path in pages
+        if "/records/" in path and not path.endswith("/index.md")
+    ]
     nav: list[Any] = config.nav or []
     nav.append(
         {
