@@ -64,34 +64,47 @@ def _operations_page() -> str:
     from apientreprise_async._cli import _python_names
 
     by_id = {op: name for name, op in _python_names().items()}
+    endpoints = all_endpoints()
+    # An older version of an operation is the same method with version=N: same path but
+    # for its /vN/ prefix.
+    by_route = {
+        e.path.split("/", 2)[-1]: by_id[e.operation_id]
+        for e in endpoints
+        if e.operation_id in by_id
+    }
     lines = [
         "# Operations",
         "",
-        "Every operation of the catalogue: call it as `client.<provider>.<method>(...)`,",
-        "as `client.call(operation_id, **params)`, or from the command line",
-        "(`apientreprise call <id or Python name>`). Deprecated operations still work and",
-        "warn once.",
-        "",
-        "| Python name | Operation id | Path | Rate group | Record |",
-        "|---|---|---|---|---|",
+        "Every operation of the catalogue, by provider: call it as",
+        "`client.<provider>.<method>(...)`, as `client.call(operation_id, **params)`, or from",
+        "the command line (`apientreprise call <id or Python name>`). Deprecated operations",
+        "still work and warn once.",
     ]
-    for endpoint in all_endpoints():
+    provider = None
+    for endpoint in sorted(endpoints, key=lambda e: (e.provider, e.path.split("/", 2)[-1])):
+        if endpoint.provider != provider:
+            provider = endpoint.provider
+            lines += ["", f"## {provider}", ""]
+        name = by_id.get(endpoint.operation_id)
+        if name is None:
+            base = by_route.get(endpoint.path.split("/", 2)[-1])
+            python = f"client.{base}(..., version={endpoint.version})" if base else None
+        else:
+            python = f"client.{name}"
         record = endpoint.record
         if record is None:
-            shown = "-"
+            shown = "JSON"
         else:
             inner = getattr(record, "__args__", (record,))[0]
             module = inner.__module__.rsplit(".", 1)[1]
-            shown = f"`{module}.{inner.__name__}`" + (", a list" if inner is not record else "")
-        name = by_id.get(endpoint.operation_id)
-        python = f"`client.{name}`" if name and name != "privileges" else "`client.privileges`"
-        if name is None:
-            python = "(version of another)"
-        deprecated = " (deprecated)" if endpoint.deprecated else ""
-        lines.append(
-            f"| {python} | `{endpoint.operation_id}`{deprecated} | `{endpoint.path}` "
-            f"| {endpoint.bucket} | {shown} |"
-        )
+            shown = f"`{module}.{inner.__name__}`" + (" (a list)" if inner is not record else "")
+        title = f"`{python}`" if python else f"`{endpoint.operation_id}`"
+        deprecated = " *(deprecated)*" if endpoint.deprecated else ""
+        lines += [
+            f"- **{title}**{deprecated}  ",
+            f"  `GET {endpoint.path}` · id `{endpoint.operation_id}` · rate bucket "
+            f"`{endpoint.bucket}` · record {shown}",
+        ]
     lines += [
         "",
         "## Resource groups",
