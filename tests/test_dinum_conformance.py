@@ -1001,6 +1001,49 @@ async def test_s11_with_can_swap_the_auth_strategy() -> None:
 # -- §12 Testing -----------------------------------------------------------------------------
 
 
+# §12.1's other unit surfaces are walked above under their own sections (SIRET validator §4.1,
+# configuration §11, auth §3.1, defaults §4, envelope §5, error matrix §6.2, rate limits §7,
+# retries §7.3, User-Agent §10); tests/test_resources.py also calls every typed method against
+# records of every shape.
+
+
+async def test_s12_1_every_resource_method_runs_with_valid_dummies() -> None:
+    """Every typed method (old names included) reaches the HTTP layer without a local error."""
+    import inspect
+    import warnings
+
+    from apientreprise_async._catalogue import IdKind
+    from apientreprise_async._gen_resources import Resources
+
+    dummies = {
+        IdKind.SIREN: SIREN,
+        IdKind.SIRET: SIRET,
+        IdKind.YEAR: 2023,
+        IdKind.MONTH: 3,
+        IdKind.SIRET_OR_EORI: SIRET,
+        IdKind.SIRET_OR_RNA: "W751004076",
+        IdKind.SIREN_OR_RNA: SIREN,
+        IdKind.SIREN_OR_SIRET_OR_RNA: SIRET,
+    }
+    kinds = {p.name: p.kind for e in apientreprise_async.all_endpoints() for p in e.path_params}
+    wire = Wire(lambda r: failure(404, {"code": "04040"}))
+    called = []
+    async with client(wire, check_maintenance=False) as c:
+        for provider in sorted(Resources.__annotations__):
+            group = getattr(c, provider)
+            for name, method in inspect.getmembers(group, inspect.iscoroutinefunction):
+                if name.startswith("_"):
+                    continue
+                params = inspect.signature(method).parameters.values()
+                args = [dummies[kinds[p.name]] for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    with pytest.raises(NotFoundError):
+                        await method(*args)
+                called.append(f"{provider}.{name}")
+    assert len(called) == len(wire.requests) > 40
+
+
 def test_s12_3_readme_testing_section_stubs_a_200_and_a_429_with_reset() -> None:
     readme = (ROOT / "README.md").read_text("utf-8")
     testing = readme.split("\n## Testing\n", 1)[1].split("\n## ", 1)[0]
