@@ -1195,6 +1195,42 @@ async def test_s14_responses_are_never_cached() -> None:
     assert 2 == len(wire.requests)
 
 
+async def test_s14_departure_only_calls_in_flight_together_share_an_answer() -> None:
+    """Departure (README): coalescing shares a request between simultaneous twins, no more."""
+    import anyio
+
+    release = anyio.Event()
+    wire = Wire(lambda r: envelope({"n": len(wire.requests)}))
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return wire(request)
+
+    results: list[Any] = []
+    async with AsyncClient(
+        token=TOKEN,
+        recipient=RECIPIENT,
+        context="c",
+        object="o",
+        transport=httpx.MockTransport(slow),
+    ) as c:
+
+        async def one() -> None:
+            results.append((await c.get(PATH)).data)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)
+            tg.start_soon(one)
+            await anyio.sleep(0.01)
+            release.set()
+        results.append((await c.get(PATH)).data)
+        async with c.with_options(coalesce=False) as apart, anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(lambda: apart.get(PATH, params={"object": "twin"}))
+    assert [{"n": 1}, {"n": 1}, {"n": 2}] == results
+    assert 4 == len(wire.requests)  # one shared, one later, two with coalescing off
+
+
 # -- §15 and §16 Packaging and documentation -------------------------------------------------
 
 
