@@ -623,7 +623,7 @@ def _summary(batch: Batch, elapsed: float, limit: int, period: float, title: str
     if stats.skipped:
         table.add_row("skipped (already in the output)", f"{stats.skipped:,}")
     if stats.resumed_errors:
-        table.add_row("  of which errors", f"{stats.resumed_errors:,}")
+        table.add_row("  error lines from earlier runs", f"{stats.resumed_errors:,}")
     table.add_row("  found", f"{stats.ok:,}")
     table.add_row("  not found (404)", f"{stats.not_found:,}")
     table.add_row("  invalid, refused locally", f"{stats.invalid:,}")
