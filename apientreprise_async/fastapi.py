@@ -491,8 +491,9 @@ def install_exception_handlers(
     shape, so a front end reads one kind of body: an ``HTTPException`` (your
     authentication's 401, an unknown route's 404) answers
     ``{"detail": {"error": <slug of the status>, "message": <its detail>}}``
-    with its headers, and a request validation error answers 422 with
-    ``error`` ``invalid_parameter`` and FastAPI's list under ``errors``.
+    with its headers, a request validation error answers 422 with ``error``
+    ``invalid_parameter`` and FastAPI's list under ``errors``, and an unexpected
+    exception answers 500 ``internal_error`` (the server still logs it).
     """
 
     async def handler(request: Request, exc: Exception) -> Response:
@@ -503,6 +504,8 @@ def install_exception_handlers(
     if http_errors:
         app.add_exception_handler(StarletteHTTPException, _http_exception)
         app.add_exception_handler(RequestValidationError, _validation_error)
+        # Starlette still re-raises after this answer, so the server logs the traceback.
+        app.add_exception_handler(Exception, _internal_error)
 
 
 def _slug(status: int) -> str:
@@ -529,6 +532,10 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=exc.headers)
     return answer.response(exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return _Answer(500, "internal_error", "Internal error.").response()
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

@@ -747,6 +747,10 @@ async def test_every_error_of_the_app_has_one_shape() -> None:
         async def typed(number: int) -> dict[str, int]:
             return {"number": number}
 
+        @h.app.get("/bug")
+        async def bug() -> None:
+            raise RuntimeError("a bug of the app")
+
         answers = {
             "library 404": await h.get(f"/p/v4/insee/sirene/unites_legales/{UNKNOWN_SIREN}"),
             "local 422": await h.get("/p/v4/insee/sirene/unites_legales/12345678X"),
@@ -757,6 +761,9 @@ async def test_every_error_of_the_app_has_one_shape() -> None:
             "no route": await h.get("/nowhere"),
             "validation": await h.get("/typed/abc"),
         }
+        transport = httpx.ASGITransport(app=h.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as browser:
+            answers["bug"] = await browser.get("/bug")
     expected = {
         "library 404": (404, "not_found"),
         "local 422": (422, "invalid_parameter"),
@@ -764,6 +771,7 @@ async def test_every_error_of_the_app_has_one_shape() -> None:
         "auth dependency": (401, "unauthorized"),
         "no route": (404, "not_found"),
         "validation": (422, "invalid_parameter"),
+        "bug": (500, "internal_error"),
     }
     for name, response in answers.items():
         body = response.json()
