@@ -258,3 +258,29 @@ async def test_max_calls_in_any_window() -> None:
     # The server's own windows: 5 before the boundary, 5 after, 1 a minute later.
     assert 5 == emulator.max_calls_in_a_window(token=TOKEN)
     assert [TEN, TEN + 60, TEN + 120] == sorted({r.window for r in emulator.requests})
+
+
+async def test_a_server_clock_behind_ours_moves_its_windows_reset_and_date() -> None:
+    """clock_offset=-20: at our 10:00:50 the server reads 10:00:30; its window ends at 10:01:00."""
+    emulator = Emulator(start_epoch=TEN + 50, clock_offset=-20.0)
+    emulator.add_token(TOKEN)
+    async with http(emulator) as client:
+        answer = await client.get(UL, params=QUERY)
+        await anyio.sleep(35)  # the server's 10:01:05: a new window
+        later = await client.get(UL, params=QUERY)
+    assert ("250", "249", str(int(TEN) + 60)) == rate(answer)
+    assert ("250", "249", str(int(TEN) + 120)) == rate(later)
+    assert "Wed, 15 Jan 2025 09:00:30 GMT" == answer.headers["Date"]
+    assert [TEN + 30, TEN + 65] == [r.epoch for r in emulator.requests]
+
+
+async def test_uplink_delays_the_count_and_latency_the_answer() -> None:
+    """Faults(uplink=1): counted 1 s after the send; Faults(latency=2): answered 2 s after that."""
+    emulator = Emulator(start_epoch=TEN, faults=Faults(uplink=1.0, latency=2.0))
+    emulator.add_token(TOKEN)
+    async with http(emulator) as client:
+        sent = anyio.current_time()
+        await client.get(UL, params=QUERY)
+        answered = anyio.current_time()
+    assert [sent + 1.0] == [r.monotonic for r in emulator.requests]
+    assert pytest.approx(sent + 3.0) == answered

@@ -329,3 +329,12 @@ async def test_a_lower_count_from_the_server_gives_no_slot_back() -> None:
         sent = anyio.current_time()
     # Not at once: the window [0, 10) ends (plus the margin) before either slot frees.
     assert pytest.approx(10.0 + 0.05) == sent
+
+
+def test_a_date_header_is_read_once_and_only_when_single() -> None:
+    """Two Date headers joined by a proxy (or uvicorn's beside the app's) say nothing."""
+    gov = Governor(Limits(), backend=InMemoryBackend())
+    assert EPOCH == gov._date(formatdate(EPOCH, usegmt=True))
+    joined = f"{formatdate(EPOCH, usegmt=True)}, {formatdate(EPOCH + 5, usegmt=True)}"
+    assert gov._date(joined) is None
+    assert gov._date("not a date") is None
