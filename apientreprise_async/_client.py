@@ -234,6 +234,16 @@ def _scrubbed(exc: BaseException) -> BaseException:
     return exc
 
 
+def _stop_reading(scope: anyio.CancelScope) -> None:
+    """Stop a body being read, from inside httpx's stream generators.
+
+    Leaving ``async for`` by raising would leave those generators suspended,
+    finalised later by the garbage collector (trio warns of it); a cancellation
+    raised at their next read ends them where they stand, and drops the connection.
+    """
+    scope.cancel()
+
+
 def _announced(answer: httpx.Response) -> int | None:
     """The ``Content-Length`` of an answer, when it is a plain number."""
     text = answer.headers.get("content-length", "")
@@ -254,23 +264,27 @@ async def _read_within(answer: httpx.Response, max_size: int, url: str, op_id: s
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in answer.aiter_bytes():
-            size += len(chunk)
-            if size > max_size:
-                chunks.clear()
-                raise _Oversized(
-                    f"the answer exceeds the limit of {max_size:,} bytes (SizeLimits); "
-                    "reading stopped there",
-                    url=url,
-                    operation_id=op_id,
-                )
-            chunks.append(chunk)
+        with anyio.CancelScope() as stop:
+            async for chunk in answer.aiter_bytes():
+                size += len(chunk)
+                if size > max_size:
+                    chunks.clear()
+                    _stop_reading(stop)
+                    continue
+                chunks.append(chunk)
     except httpx.HTTPError as exc:
         raise TransportError(
             f"the answer broke off: {type(exc).__name__} on {answer.request.url.path}",
             url=url,
             operation_id=op_id,
         ) from _scrubbed(exc)
+    if size > max_size:
+        raise _Oversized(
+            f"the answer exceeds the limit of {max_size:,} bytes (SizeLimits); reading "
+            "stopped there",
+            url=url,
+            operation_id=op_id,
+        )
     # What Response.aread() would store: json(), content and text work as usual.
     answer._content = b"".join(chunks)
 
@@ -932,15 +946,19 @@ class AsyncClient(Resources):
         written = 0
         try:
             async with await anyio.open_file(partial, "wb") as out:
-                async for chunk in answer.aiter_bytes():
-                    written += len(chunk)
-                    if written > max_size:
-                        raise _Oversized(
-                            f"the document exceeds the limit of {max_size:,} bytes "
-                            "(max_size, SizeLimits.download); nothing written",
-                            url=url,
-                        )
-                    await out.write(chunk)
+                with anyio.CancelScope() as stop:
+                    async for chunk in answer.aiter_bytes():
+                        written += len(chunk)
+                        if written > max_size:
+                            _stop_reading(stop)
+                            continue
+                        await out.write(chunk)
+            if written > max_size:
+                raise _Oversized(
+                    f"the document exceeds the limit of {max_size:,} bytes "
+                    "(max_size, SizeLimits.download); nothing written",
+                    url=url,
+                )
             await anyio.Path(partial).replace(target)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
@@ -995,6 +1013,8 @@ class AsyncClient(Resources):
             # Free values too: visible ASCII strings or ints, never an object whose
             # str() would be sent as is. A list is an array parameter (DINUM §9.4).
             if isinstance(value, list | tuple):
+                if spec is not None:  # the catalogue has no array parameter
+                    raise InvalidParameterError(name, "takes one value, not a list")
                 if not 0 < len(value) <= _MAX_ARRAY:
                     raise InvalidParameterError(
                         name, f"an array of 1 to {_MAX_ARRAY} values, not {len(value)}"

@@ -74,6 +74,14 @@ class Timeouts:
             return self.download
         return self.json
 
+    def __attrs_post_init__(self) -> None:
+        for name in ("connect", "json", "document", "download", "total"):
+            value = getattr(self, name)
+            if value is None and name == "total":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"Timeouts.{name}: a positive number of seconds, not {value!r}")
+
     def total_for(self, read: float) -> float:
         """How long one attempt may take in all, for a read timeout of ``read``."""
         if self.total is not None:
