@@ -817,3 +817,72 @@ def test_openapi_declares_the_record_and_every_error_body() -> None:
     full = etab["200"]["content"]["application/json"]["schema"]["properties"]["data"]
     assert "Etablissement" == full["title"]
     assert {"siret", "adresse", "unite_legale"} <= set(full["properties"])
+
+
+def conforms(value: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
+    """Where ``value`` breaks ``schema`` (the JSON Schema subset the proxy declares)."""
+    if "anyOf" in schema:
+        tries = [conforms(value, option, where) for option in schema["anyOf"]]
+        return [] if any(not t for t in tries) else [f"{where}: no option fits {value!r}"]
+    if "enum" in schema:
+        return [] if value in schema["enum"] else [f"{where}: {value!r} not in enum"]
+    kinds = {
+        "string": str,
+        "integer": int,
+        "number": (int, float),
+        "boolean": bool,
+        "null": type(None),
+        "array": list,
+        "object": dict,
+    }
+    kind = schema.get("type")
+    if kind is not None and not isinstance(value, kinds[kind]):
+        return [f"{where}: {value!r} is not {kind}"]
+    problems: list[str] = []
+    if kind == "object":
+        missing = [k for k in schema.get("required", ()) if k not in value]
+        problems += [f"{where}.{k}: required" for k in missing]
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                problems += conforms(value[key], sub, f"{where}.{key}")
+    if kind == "array":
+        for index, item in enumerate(value):
+            problems += conforms(item, schema.get("items", {}), f"{where}[{index}]")
+    return problems
+
+
+async def test_answers_match_the_declared_schemas() -> None:
+    """The 200 and error bodies the proxy sends fit what its OpenAPI schema declares."""
+    async with running([UL, ETAB], rate_limit=UserRateLimit(calls=4)) as h:
+        schema = h.app.openapi()
+        answers = [
+            (
+                "/p/v4/insee/sirene/unites_legales/{siren}",
+                await h.get(f"/p/v4/insee/sirene/unites_legales/{SIREN}"),
+            ),
+            (
+                "/p/v4/insee/sirene/etablissements/{siret}",
+                await h.get(f"/p/v4/insee/sirene/etablissements/{SIRET}"),
+            ),
+            (
+                "/p/v4/insee/sirene/unites_legales/{siren}",
+                await h.get(f"/p/v4/insee/sirene/unites_legales/{UNKNOWN_SIREN}"),
+            ),
+            (
+                "/p/v4/insee/sirene/unites_legales/{siren}",
+                await h.get("/p/v4/insee/sirene/unites_legales/12345678X"),
+            ),
+        ]
+        answers.append(  # the per-user limit: 4 calls, this is the fifth
+            (
+                "/p/v4/insee/sirene/unites_legales/{siren}",
+                await h.get(f"/p/v4/insee/sirene/unites_legales/{SIREN}"),
+            )
+        )
+    assert [200, 200, 404, 422, 429] == [response.status_code for _, response in answers]
+    for route, response in answers:
+        declared = schema["paths"][route]["get"]["responses"][str(response.status_code)]
+        body_schema = declared["content"]["application/json"]["schema"]
+        assert [] == conforms(response.json(), body_schema), (route, response.status_code)
+        for header in declared.get("headers", {}):
+            assert header.lower() in response.headers, (route, header)
