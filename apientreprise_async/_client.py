@@ -61,6 +61,7 @@ from ._identifiers import (
     validate_traceability,
 )
 from ._maintenance import maintenance_remaining
+from ._request import RequestBuilder
 from ._response import Response, parse_rate_limit
 from ._retry import Attempt, RetryPolicy, annotate, describe
 from ._telemetry import Stats, StatsCollector, Telemetry
@@ -486,6 +487,7 @@ class AsyncClient(Resources):
         self._audit_errors: AuditErrors = audit_errors
         self._stats = StatsCollector()
         self._telemetry = Telemetry()
+        self._builder = RequestBuilder(http_client, settings.base_url, plain=owns_http)
         self._setup(settings, auth, governor, http_client, owns_http)
         self._warn_expiry()
 
@@ -610,6 +612,7 @@ class AsyncClient(Resources):
         clone._audit_errors = self._audit_errors
         clone._stats = self._stats
         clone._telemetry = self._telemetry
+        clone._builder = self._builder
         clone._setup(
             attrs.evolve(self._settings, **changes),
             strategy,
@@ -1096,13 +1099,7 @@ class AsyncClient(Resources):
         headers["User-Agent"] = s.user_agent
         read = timeout if timeout is not None else s.timeouts.read_for(endpoint.timeout_class)
         wait = s.max_wait if max_wait is USE_DEFAULT else max_wait
-        request = self._http.build_request(
-            "GET",
-            s.base_url + path,
-            params=params,
-            headers=headers,
-            timeout=self._timeout(read),
-        )
+        request = self._builder.build(path, params, headers, self._timeout(read))
         credentials.apply(request.headers)
         policy = s.retry if retry is USE_DEFAULT else retry
 
