@@ -38,6 +38,9 @@ _HIDDEN = frozenset({"extra", "unfit", "_absent"})
 _NONE = type(None)
 
 
+_ABSENT = object()
+
+
 class _Misfit(Exception):
     """The fast pass gives up (any exception does: the lenient pass decides what happened)."""
 
@@ -193,24 +196,42 @@ def _fast_function(kind: _Kind) -> Callable[[Any], Any]:
         function_name = "structure_tuple"
     else:
         cls = kind.inner
-        # Registered before the body is built: a record may contain a tuple of itself.
+        plan = _plan(cls)
         env["_cls"] = cls
         env["_new"] = object.__new__
         env["_known"] = _known(cls)
-        lines = [
-            f"def structure_{cls.__name__}(d):",
-            "    if d.__class__ is not dict: raise _Misfit",
-            "    o = _new(_cls)",
-        ]
-        for field in _plan(cls):
+        env["_ABSENT"] = _ABSENT
+        body: list[str] = []
+        optional = False
+        for field in plan:
             setter = f"_set_{field.name}"
             env[setter] = getattr(cls, field.name).__set__
-            get = f"d[{field.name!r}]" if field.required else f"d.get({field.name!r})"
-            lines.append(f"    v = {get}")
-            lines += _fast_lines(field.kind, "v", env, "    ")
-            lines.append(f"    {setter}(o, v)")
-        lines += ["    if d.keys() != _known: _finish(o, d, _known)", "    return o"]
+            if field.required:
+                body.append(f"    v = d[{field.name!r}]")  # KeyError: not a fit
+            else:
+                optional = True
+                body += [
+                    f"    v = d.get({field.name!r}, _ABSENT)",
+                    "    if v is _ABSENT:",
+                    "        v = None",
+                    "        missing = True",
+                ]
+            body += _fast_lines(field.kind, "v", env, "    ")
+            body.append(f"    {setter}(o, v)")
+        # Every documented key was read: the same count means exactly the documented keys.
+        check = f"missing or len(d) != {len(plan)}" if optional else f"len(d) != {len(plan)}"
         function_name = f"structure_{cls.__name__}"
+        # Helpers as default arguments: local lookups, the cheapest Python has.
+        helpers = sorted(name for name in env if name.startswith("_") and name != "_Misfit")
+        lines = [
+            f"def {function_name}(d, {', '.join(f'{h}={h}' for h in helpers)}):",
+            "    if d.__class__ is not dict: raise _Misfit",
+            "    o = _new(_cls)",
+            *(["    missing = False"] if optional else []),
+            *body,
+            f"    if {check}: _finish(o, d, _known)",
+            "    return o",
+        ]
     # Placeholder first: a self-referencing record finds its own (future) function.
     holder: list[Callable[[Any], Any]] = []
     _fast[key] = lambda value: holder[0](value)
@@ -347,6 +368,7 @@ def _top_kind(record: Any) -> _Kind:
 
 
 _kinds: dict[Any, _Kind] = {}
+_fast_by_record: dict[Any, Callable[[Any], Any]] = {}
 
 
 def structure_lenient(
@@ -359,11 +381,14 @@ def structure_lenient(
     the ``unfit`` mapping of the record holding it; ``data`` that is not an
     object gives a record whose every field reads as absent.
     """
-    kind = _top_kind(record)
+    fast = _fast_by_record.get(record)
+    if fast is None:
+        fast = _fast_by_record[record] = _fast_function(_top_kind(record))
     try:
-        return _fast_function(kind)(data), ()
+        return fast(data), ()
     except Exception:
         pass
+    kind = _top_kind(record)
     problems: list[str] = []
     if kind.tag == "record":
         if isinstance(data, dict):
