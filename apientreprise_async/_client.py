@@ -26,6 +26,7 @@ from ._auth import AuthStrategy, BearerToken, Credentials, TokenInfo
 from ._batch import Batch, BatchOptions, Inputs, Operations
 from ._catalogue import DOWNLOAD_ENDPOINT, Endpoint, IdKind, TimeoutClass, get_endpoint, match_path
 from ._circuit import Circuit, CircuitPolicy
+from ._clock import current_time as _now
 from ._coalesce import Coalescer, InFlight
 from ._config import (
     USE_DEFAULT,
@@ -1153,7 +1154,7 @@ class AsyncClient(Resources):
             )
         )
         key = (self._auth.fingerprint, url, extra)
-        started = anyio.current_time()
+        started = _now()
         try:
             response, _shared = await self._coalescer.run(key, attempts)
         except ApiEntrepriseError as exc:
@@ -1212,7 +1213,7 @@ class AsyncClient(Resources):
             outcome=label,
             http_status=status,
             error_codes=codes,
-            duration=max(0.0, anyio.current_time() - started),
+            duration=max(0.0, _now() - started),
             governor_wait=0.0 if coalesced else trace.wait,
             attempt=attempt,
             coalesced=coalesced,
@@ -1261,14 +1262,14 @@ class AsyncClient(Resources):
     ) -> Response[Any]:
         """Send once, or as the retry policy allows, each attempt through the governor."""
         history: list[Attempt] = []
-        began = anyio.current_time()
+        began = _now()
         deadline = None if policy is None or policy.deadline is None else began + policy.deadline
         number = 0
         while True:
             number += 1
             wait = max_wait
             if number > 1:
-                began = anyio.current_time()
+                began = _now()
             trace.wait = 0.0
             try:
                 if deadline is None:
@@ -1309,7 +1310,7 @@ class AsyncClient(Resources):
             give_up = number >= policy.max_attempts or not policy.retryable(error)
             if not give_up:
                 pause = policy.delay(number, error)
-                if deadline is not None and anyio.current_time() + pause >= deadline:
+                if deadline is not None and _now() + pause >= deadline:
                     give_up = True
                     pause = 0.0
             label = describe(error)
@@ -1400,11 +1401,11 @@ class AsyncClient(Resources):
         op_id: str | None,
         trace: _Trace,
     ) -> Response[Any]:
-        asked = anyio.current_time()
+        asked = _now()
         async with self._governor.permit(
             self._auth.fingerprint, endpoint, max_wait=max_wait
         ) as permit:
-            started = anyio.current_time()
+            started = _now()
             trace.wait = started - asked
             permit.sending()  # may raise if a 429 paused the bucket since the grant
             trace.sent = True
@@ -1578,7 +1579,7 @@ class AsyncClient(Resources):
     ) -> None:
         if not logger.isEnabledFor(logging.DEBUG):
             return
-        duration_ms = round((anyio.current_time() - started) * 1000, 1)
+        duration_ms = round((_now() - started) * 1000, 1)
         status = answer.status_code if answer is not None else None
         window = parse_rate_limit(answer.headers) if answer is not None else None
         remaining = None if window is None else window.remaining
