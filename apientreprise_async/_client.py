@@ -613,9 +613,10 @@ class AsyncClient(Resources):
         clone._audit_errors = self._audit_errors
         clone._stats = self._stats
         clone._telemetry = self._telemetry
-        clone._builder = self._builder
+        settings = attrs.evolve(self._settings, **changes)
+        clone._builder = self._builder.rebased(settings.base_url)
         clone._setup(
-            attrs.evolve(self._settings, **changes),
+            settings,
             strategy,
             self._governor,
             self._http,

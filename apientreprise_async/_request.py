@@ -51,6 +51,7 @@ class RequestBuilder:
     def __init__(self, http: httpx.AsyncClient, base_url: str, *, plain: bool) -> None:
         self._http = http
         self._base_url = base_url
+        self._plain = plain
         base = httpx.URL(base_url)
         parts: Any = getattr(base, "_uri_reference", None)
         # Only for a pool this library made: a caller's client may add parameters,
@@ -64,6 +65,12 @@ class RequestBuilder:
             self._prefix = parts.path.rstrip("/")
         self._defaults = {name.lower(): value for name, value in http.headers.items()}
         self._timeouts: dict[tuple[float | None, ...], dict[str, Any]] = {}
+
+    def rebased(self, base_url: str) -> RequestBuilder:
+        """This builder, or one for the same pool and another base URL."""
+        if base_url == self._base_url:
+            return self
+        return RequestBuilder(self._http, base_url, plain=self._plain)
 
     def build(
         self,

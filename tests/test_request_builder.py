@@ -108,3 +108,26 @@ async def test_a_call_sends_what_httpx_would() -> None:
         )
     assert str(expected.url) == str(seen[0].url)
     assert sorted(expected.headers.multi_items()) == sorted(seen[0].headers.multi_items())
+
+
+async def test_with_options_on_another_base_url_sends_there() -> None:
+    """A copy on another base URL builds its requests on that URL, the original on its own."""
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        return httpx.Response(404, json={"errors": []})
+
+    async with AsyncClient(
+        TOKEN,
+        transport=httpx.MockTransport(handle),
+        recipient=RECIPIENT,
+        context="c",
+        object="o",
+        check_maintenance=False,
+    ) as client:
+        other = client.with_options(base_url="https://ailleurs.test")
+        for target in (other, client):
+            with pytest.raises(NotFoundError):
+                await target.insee.unites_legales("418166096")
+    assert ["ailleurs.test", "entreprise.api.gouv.fr"] == seen
