@@ -386,11 +386,24 @@ def default_backend() -> InMemoryBackend:
     everything when it sees the clock of a new loop go backwards; a test suite
     can call its :meth:`~InMemoryBackend.clear` between tests).
 
+    Processes of one host share it too: alone, it keeps its buckets in memory;
+    once another live process of the host uses its default backend, both move
+    to a :class:`~apientreprise_async.host.HostBackend` in
+    :func:`~apientreprise_async.host.runtime_directory`, so that together they
+    stay under each token's limits and the IP's (logged once at INFO).
+
     .. versionadded:: 0.1.0
     """
     global _default_backend  # lazily created process-wide singleton
     if _default_backend is None:
-        _default_backend = InMemoryBackend()
+        make: Callable[[], InMemoryBackend] = InMemoryBackend
+        try:
+            from ._sharing import new_default_backend
+
+            make = new_default_backend
+        except ImportError:  # pragma: no cover - no fcntl (Windows): this process alone
+            pass
+        _default_backend = make()
     return _default_backend
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import pathlib
+import tempfile
 import time
 from typing import Any
 
@@ -26,6 +28,12 @@ def make_jwt(claims: dict[str, Any] | None = None, *, exp_in_days: float = 400) 
 
     return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(body)}.c2lnbmF0dXJlLXNlY3JldC1wYXJ0"
 
+
+# Processes of this test run (and the workers they start) find each other here, not
+# in the user's runtime directory where another test run could be using the library.
+os.environ.setdefault(
+    "APIENTREPRISE_ASYNC_RUNTIME_DIR", tempfile.mkdtemp(prefix="apientreprise-async-tests-")
+)
 
 TOKEN = make_jwt({"scopes": ["unites_legales_etablissements_insee"]})
 
