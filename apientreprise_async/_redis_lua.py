@@ -22,7 +22,7 @@ which at Unix-epoch magnitude would round away a tenth of a millisecond.
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "ESTIMATE", "OCCUPY", "PAUSE", "RELEASE", "SEED"]
+__all__ = ["ACQUIRE", "CHECK", "ESTIMATE", "PAUSE", "RELEASE", "REPLAY", "SEED"]
 
 _COMMON = r"""
 local now
@@ -34,6 +34,18 @@ local LEASE = tonumber(ARGV[1])
 local IDLE = tonumber(ARGV[2])
 local CHANNEL = ARGV[3]
 local ORIGIN = ARGV[4]
+-- The caller's epoch ('' if none yet), the highest tick it has seen in it, its
+-- hold (longest occupancy it hands out), a fresh random id should an epoch be
+-- born, and '1' if its wake-up listener is subscribed.
+local MINE = ARGV[5]
+local MINE_TICK = tonumber(ARGV[6])
+local HOLD = tonumber(ARGV[7])
+local FRESH = ARGV[8]
+local LISTENING = ARGV[9] == '1'
+local P = 9  -- the script's own arguments start at ARGV[P + 1]
+local E = KEYS[1]
+local EQ = 0  -- the epoch's quarantine: nothing is granted before it
+local TICK = 0
 
 local function fmt(x) return string.format('%.6f', x) end
 local OUT = {'cap_at', 'outside', 'out_count', 'out_window', 'out_rate', 'out_prev',
@@ -54,21 +66,92 @@ local function save_out(b)
 end
 local function int(x) return string.format('%d', x) end
 
--- Load bucket i (keys 3i-2 .. 3i), creating it as InMemoryBackend._bucket does.
+-- A new epoch: the shared state was lost (or never existed). ``lost``: something
+-- proves that it existed, so calls answered before now may still occupy slots
+-- nobody records: nothing is granted for a hold. Every process that held the
+-- old epoch replays its own sends into the new one when it next hears of it.
+local function birth(lost)
+  local q = 0
+  if lost then q = now + HOLD end
+  local tick = math.max(TICK, MINE_TICK) + 1
+  redis.call('DEL', E)
+  redis.call('HSET', E, 'id', FRESH, 'born', fmt(now), 'q', fmt(q), 'tick', int(tick))
+  local heard = redis.call('PUBLISH', CHANNEL, ORIGIN .. ' e ' .. FRESH)
+  if LISTENING then heard = heard - 1 end
+  if not lost and heard > 0 then
+    -- Others listen on this prefix, so they may hold sends of a Redis emptied
+    -- since: give them a moment to say so (each one that does extends this).
+    q = now + 0.5
+    redis.call('HSET', E, 'q', fmt(q))
+  end
+  return {'E', FRESH, fmt(q - now)}
+end
+
+-- Check the epoch before anything else: nil if the caller's epoch is current,
+-- else the reply telling it which one is.
+local function epoch(nkeys)
+  local ep = redis.call('HMGET', E, 'id', 'q', 'tick')
+  if not ep[1] then
+    local lost = MINE ~= ''
+    for i = 2, nkeys do
+      if not lost and redis.call('EXISTS', KEYS[i]) == 1 then lost = true end
+    end
+    return birth(lost)
+  end
+  if ep[1] ~= MINE then
+    return {'E', ep[1], fmt(math.max(tonumber(ep[2]) - now, 0))}
+  end
+  TICK = tonumber(ep[3])
+  if TICK < MINE_TICK then
+    -- Writes this caller saw are gone: a replica that lagged was promoted.
+    return birth(true)
+  end
+  EQ = tonumber(ep[2])
+  TICK = redis.call('HINCRBY', E, 'tick', 1)
+  return nil
+end
+
+-- The caller's replays are in: extend the quarantine to ``until`` if later.
+local function quarantine(until_)
+  if until_ > EQ then
+    EQ = until_
+    redis.call('HSET', E, 'q', fmt(EQ))
+  end
+end
+
+-- Load bucket i (keys 3i-1 .. 3i+1), creating it as InMemoryBackend._bucket does.
+-- Returns nil when its keys show a loss (evicted in part or whole): what is
+-- left of them is dropped (every process writes its own calls back into the
+-- new epoch) and the caller answers with birth(true).
 local function bucket(i, limit_req, op, probe)
-  local h, o, e = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local h, o, e = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
   local f = redis.call('HMGET', h, 'limit', 'confirmed', 'granted', 'cap_left',
-                       'cap_until', 'paused', 'kn')
+                       'cap_until', 'paused', 'kn', 'no', 'ne')
   local b = {h = h, o = o, e = e}
   -- Others' use of the token (see watch); 0 stands for -inf among times.
   local g = redis.call('HMGET', h, unpack(OUT))
   for i, name in ipairs(OUT) do b[name] = tonumber(g[i] or 0) end
+  local gone_o = redis.call('ZREMRANGEBYSCORE', o, '-inf', fmt(now))
+  local gone_e = redis.call('ZREMRANGEBYSCORE', e, '-inf', fmt(now))
+  b.open = redis.call('ZCARD', o)
+  b.ends = redis.call('ZCARD', e)
   if not f[1] then
+    -- New, or evicted: the epoch's register says until when it mattered.
+    local known = tonumber(redis.call('HGET', E, 'b:' .. h) or 0)
+    if known > now or b.open > 0 or b.ends > 0 then
+      redis.call('DEL', h, o, e)
+      return nil
+    end
     b.limit = limit_req
     if op == '' or not probe then b.confirmed = 1 else b.confirmed = 0 end
     b.granted, b.cap_left, b.cap_until, b.paused, b.kn = 0, 0, 0, 0, 0
-    redis.call('HSET', h, 'limit', int(b.limit), 'confirmed', b.confirmed, 'granted', 0)
+    redis.call('HSET', h, 'limit', int(b.limit), 'confirmed', b.confirmed, 'granted', 0,
+               'no', 0, 'ne', 0)
   else
+    if tonumber(f[8] or 0) - gone_o ~= b.open or tonumber(f[9] or 0) - gone_e ~= b.ends then
+      redis.call('DEL', h, o, e)  -- one of its sorted sets was evicted
+      return nil
+    end
     b.limit = tonumber(f[1])
     b.confirmed = tonumber(f[2])
     b.granted = tonumber(f[3] or 0)
@@ -76,17 +159,37 @@ local function bucket(i, limit_req, op, probe)
     b.cap_until = tonumber(f[5] or 0)
     b.paused = tonumber(f[6] or 0)
     b.kn = tonumber(f[7] or 0)
+    if gone_o > 0 or gone_e > 0 then
+      redis.call('HSET', h, 'no', b.open, 'ne', b.ends)
+    end
     if b.confirmed == 0 and limit_req < b.limit then
       -- Two configurations share the key: the stricter guess wins.
       b.limit = limit_req
       redis.call('HSET', h, 'limit', int(b.limit))
     end
   end
-  redis.call('ZREMRANGEBYSCORE', o, '-inf', fmt(now))
-  redis.call('ZREMRANGEBYSCORE', e, '-inf', fmt(now))
-  b.open = redis.call('ZCARD', o)
-  b.ends = redis.call('ZCARD', e)
   return b
+end
+
+-- Occupancy changes, keeping the counts that reveal an evicted sorted set.
+local function open_slot(b, seq, until_)
+  redis.call('ZADD', b.o, fmt(until_), seq)
+  b.open = b.open + 1
+  redis.call('HSET', b.h, 'no', b.open)
+end
+
+local function close_slot(b, seq)
+  if redis.call('ZREM', b.o, seq) == 1 then
+    b.open = b.open - 1
+    redis.call('HSET', b.h, 'no', b.open)
+  end
+end
+
+local function add_end(b, until_, member)
+  if redis.call('ZADD', b.e, fmt(until_), member) == 1 then
+    b.ends = b.ends + 1
+    redis.call('HSET', b.h, 'ne', b.ends)
+  end
 end
 
 -- Earliest grant time (nil: only a release can tell), as _Bucket.ready.
@@ -130,6 +233,7 @@ local function ready(b, op, probe)
     return nil
   end
   if b.paused > when then when = b.paused end
+  if EQ > when then when = EQ end
   return when
 end
 
@@ -195,11 +299,24 @@ local function watch(b, limit, remaining, reset, opened, counted_from)
 end
 
 -- Keys live while they mean something, then IDLE seconds more.
+-- The epoch's register keeps, per bucket, until when its state matters: should
+-- its keys vanish before that (eviction), the next script sees the loss.
 local function expire(b)
-  local horizon = now + LEASE
+  local matters = 0
   local last = redis.call('ZRANGE', b.e, -1, -1, 'WITHSCORES')
-  if last[2] and tonumber(last[2]) > horizon then horizon = tonumber(last[2]) end
-  if b.paused > horizon then horizon = b.paused end
+  if last[2] then matters = tonumber(last[2]) end
+  if b.open > 0 then
+    local lease = tonumber(redis.call('ZRANGE', b.o, -1, -1, 'WITHSCORES')[2])
+    if lease > matters then matters = lease end
+  end
+  if b.paused > matters then matters = b.paused end
+  if matters > now then
+    redis.call('HSET', E, 'b:' .. b.h, fmt(matters))
+  else
+    redis.call('HDEL', E, 'b:' .. b.h)
+  end
+  local horizon = now + LEASE
+  if matters > horizon then horizon = matters end
   if b.cap_until > horizon then horizon = b.cap_until end
   local ms = math.ceil((horizon - now + IDLE) * 1000)
   redis.call('PEXPIRE', b.h, ms)
@@ -227,32 +344,39 @@ local function state(b, when)
 end
 """
 
-#: ARGV: lease, idle, channel, origin, mode ('a' take, 'r' ready only), n,
-#: then per request: limit, op, probe.
+#: Every script takes the common arguments first (lease, idle, channel, origin,
+#: epoch, tick, hold, fresh id, listening), then its own; KEYS are the epoch
+#: hash, then three keys per bucket. Every reply starts with the epoch's tick,
+#: or is ``{'E', epoch id, quarantine delta}`` when the caller's epoch is not
+#: the current one (nothing else was done).
+
+#: ARGV: mode ('a' take, 'r' ready only), n, then per request: limit, op, probe.
 ACQUIRE = (
     _COMMON
     + r"""
-local take_now = ARGV[5] == 'a'
-local n = tonumber(ARGV[6])
+local take_now = ARGV[P + 1] == 'a'
+local n = tonumber(ARGV[P + 2])
+local bad = epoch(1 + 3 * n)
+if bad then return bad end
 local bs, reqs, whens = {}, {}, {}
 local free = true
 for i = 1, n do
-  local base = 6 + 3 * (i - 1)
+  local base = P + 2 + 3 * (i - 1)
   local op, probe = ARGV[base + 2], ARGV[base + 3] == '1'
   local b = bucket(i, tonumber(ARGV[base + 1]), op, probe)
+  if not b then return birth(true) end
   local when = ready(b, op, probe)
   bs[i], reqs[i], whens[i] = b, {op, probe}, when
   if when == nil or when > now then free = false end
 end
-local out = {}
+local out = {int(TICK)}
 if take_now and free then
-  out[1] = 'g'
+  out[2] = 'g'
   for i = 1, n do
     local b, op, probe = bs[i], reqs[i][1], reqs[i][2]
     local mark = b.granted - b.open
     local seq = redis.call('HINCRBY', b.h, 'granted', 1)
-    redis.call('ZADD', b.o, fmt(now + LEASE), seq)
-    b.open = b.open + 1
+    open_slot(b, seq, now + LEASE)
     if b.cap_until > now then
       b.cap_left = b.cap_left - 1
       redis.call('HSET', b.h, 'cap_left', int(b.cap_left))
@@ -269,7 +393,7 @@ if take_now and free then
     for _, v in ipairs(state(b, ready(b, op, probe))) do table.insert(out, v) end
   end
 else
-  out[1] = 'b'
+  out[2] = 'b'
   for i = 1, n do
     local b, when = bs[i], whens[i]
     -- Tell releases elsewhere that someone here waits (see RELEASE).
@@ -283,27 +407,35 @@ return out
 """
 )
 
-#: ARGV: lease, idle, channel, origin, end delta ('' if unsent), feedback
-#: ('' or limit), remaining, reset delta, opened delta ('' unknown), counted-from
-#: delta ('' unknown), n, then per request: limit, op, probe, seq, mark, probing.
-#: Returns what the answer taught ('', 'same', 'adopted', 'foreign'), then per
-#: request '1' if a waiter was flagged and woken by a message, else '0'.
+#: ARGV: end delta ('' if unsent), feedback ('' or limit), remaining, reset
+#: delta, opened delta ('' unknown), counted-from delta ('' unknown), n, then
+#: per request: limit, op, probe, seq, mark, probing. Returns the tick, what the
+#: answer taught ('', 'same', 'adopted', 'foreign'), then per request '1' if a
+#: waiter was flagged and woken by a message, else '0'.
 RELEASE = (
     _COMMON
     + r"""
-local end_delta = ARGV[5]
-local has_fb = ARGV[6] ~= ''
-local n = tonumber(ARGV[11])
+local end_delta = ARGV[P + 1]
+local has_fb = ARGV[P + 2] ~= ''
+local n = tonumber(ARGV[P + 7])
+local bad = epoch(1 + 3 * n)
+if bad then return bad end
+local bs = {}
+for i = 1, n do
+  local base = P + 7 + 6 * (i - 1)
+  bs[i] = bucket(i, tonumber(ARGV[base + 1]), ARGV[base + 2], ARGV[base + 3] == '1')
+  if not bs[i] then return birth(true) end
+end
 local learned = ''
 local woke = {}
 for i = 1, n do
-  local base = 11 + 6 * (i - 1)
+  local base = P + 7 + 6 * (i - 1)
   local op, probe = ARGV[base + 2], ARGV[base + 3] == '1'
   local seq, mark, probing = ARGV[base + 4], tonumber(ARGV[base + 5]), ARGV[base + 6] == '1'
-  local b = bucket(i, tonumber(ARGV[base + 1]), op, probe)
+  local b = bs[i]
   if i == 1 and has_fb then
-    local limit, remaining = tonumber(ARGV[6]), tonumber(ARGV[7])
-    local reset = now + tonumber(ARGV[8])
+    local limit, remaining = tonumber(ARGV[P + 2]), tonumber(ARGV[P + 3])
+    local reset = now + tonumber(ARGV[P + 4])
     learned = 'same'
     local foreign = false
     if op ~= '' and limit ~= b.limit then
@@ -311,7 +443,7 @@ for i = 1, n do
         learned = 'foreign'
         foreign = true
       else
-        b.limit = math.max(limit, 0)
+        b.limit = math.max(limit, 1)
         learned = 'adopted'
       end
     end
@@ -326,8 +458,8 @@ for i = 1, n do
         redis.call('HDEL', b.h, 'p:' .. op)
       end
       local opened, counted_from = nil, '+inf'
-      if ARGV[9] ~= '' then opened = now + tonumber(ARGV[9]) end
-      if ARGV[10] ~= '' then counted_from = fmt(now + tonumber(ARGV[10])) end
+      if ARGV[P + 5] ~= '' then opened = now + tonumber(ARGV[P + 5]) end
+      if ARGV[P + 6] ~= '' then counted_from = fmt(now + tonumber(ARGV[P + 6])) end
       watch(b, limit, remaining, reset, opened, counted_from)
       -- Calls open at this one's grant, or granted since, may reach the server after it.
       local granted = tonumber(redis.call('HGET', b.h, 'granted') or 0)
@@ -338,14 +470,14 @@ for i = 1, n do
     -- Without an answer showing the limit, the next call probes again.
     redis.call('HDEL', b.h, 'p:' .. op)
   end
-  redis.call('ZREM', b.o, seq)
+  close_slot(b, seq)
   if end_delta == '' then
     if b.cap_until > now then
       b.cap_left = b.cap_left + 1  -- never reached the server: refund the cap
       redis.call('HSET', b.h, 'cap_left', int(b.cap_left))
     end
   else
-    redis.call('ZADD', b.e, fmt(now + tonumber(end_delta)), seq)
+    add_end(b, now + tonumber(end_delta), seq)
   end
   -- Wake waiters elsewhere only when it can help them: one waits for a
   -- release, a slot was freed for one waiting for a time, or the limit moved.
@@ -362,51 +494,61 @@ for i = 1, n do
   expire(b)
 end
 table.insert(woke, 1, learned)
+table.insert(woke, 1, int(TICK))
 return woke
 """
 )
 
-#: ARGV: lease, idle, channel, origin, limit, op, probe, feedback limit, remaining, reset delta.
+#: ARGV: limit, op, probe, feedback limit, remaining, reset delta.
 SEED = (
     _COMMON
     + r"""
-local op = ARGV[6]
-local b = bucket(1, tonumber(ARGV[5]), op, ARGV[7] == '1')
-b.limit = tonumber(ARGV[8])
+local bad = epoch(4)
+if bad then return bad end
+local op = ARGV[P + 2]
+local b = bucket(1, tonumber(ARGV[P + 1]), op, ARGV[P + 3] == '1')
+if not b then return birth(true) end
+b.limit = math.max(tonumber(ARGV[P + 4]), 1)
 b.confirmed = 1
 redis.call('HSET', b.h, 'limit', int(b.limit), 'confirmed', 1)
 if op ~= '' and redis.call('HSETNX', b.h, 'k:' .. op, 1) == 1 then
   b.kn = b.kn + 1
   redis.call('HSET', b.h, 'kn', b.kn)
 end
-cap(b, tonumber(ARGV[9]), now + tonumber(ARGV[10]), b.open)
+cap(b, tonumber(ARGV[P + 5]), now + tonumber(ARGV[P + 6]), b.open)
 expire(b)
-return 1
+return {int(TICK), 1}
 """
 )
 
-#: ARGV: lease, idle, channel, origin, until delta.
+#: ARGV: until delta.
 PAUSE = (
     _COMMON
     + r"""
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local bad = epoch(4)
+if bad then return bad end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {int(TICK), 0} end
 local b = bucket(1, math.huge, '', false)
-local until_ = now + tonumber(ARGV[5])
-if until_ <= b.paused then return 0 end
+if not b then return birth(true) end
+local until_ = now + tonumber(ARGV[P + 1])
+if until_ <= b.paused then return {int(TICK), 0} end
 b.paused = until_
 redis.call('HSET', b.h, 'paused', fmt(until_))
 expire(b)
-redis.call('PUBLISH', CHANNEL, ORIGIN .. ' p ' .. b.h .. ' ' .. ARGV[5])
-return 1
+redis.call('PUBLISH', CHANNEL, ORIGIN .. ' p ' .. b.h .. ' ' .. ARGV[P + 1])
+return {int(TICK), 1}
 """
 )
 
-#: ARGV: lease, idle, channel, origin, limit, op, probe, position, hold.
+#: ARGV: limit, op, probe, position, hold.
 ESTIMATE = (
     _COMMON
     + r"""
-local b = bucket(1, tonumber(ARGV[5]), ARGV[6], ARGV[7] == '1')
-local position, hold = tonumber(ARGV[8]), tonumber(ARGV[9])
+local bad = epoch(4)
+if bad then return bad end
+local b = bucket(1, tonumber(ARGV[P + 1]), ARGV[P + 2], ARGV[P + 3] == '1')
+if not b then return birth(true) end
+local position, hold = tonumber(ARGV[P + 4]), tonumber(ARGV[P + 5])
 local limit = math.max(b.limit, 1)
 -- frees, sorted: 'idle' times now, then the ends (before now + hold, those
 -- in flight, then later ends), each free slot taken in turn.
@@ -434,20 +576,59 @@ if b.cap_until > now and position >= b.cap_left and b.cap_until > when then
   when = b.cap_until
 end
 if b.paused > when then when = b.paused end
+if EQ > when then when = EQ end
 if now > when then when = now end
-return fmt(when - now)
+expire(b)
+return {int(TICK), fmt(when - now)}
 """
 )
 
-#: ARGV: lease, idle, channel, origin, limit, op, probe, member prefix, then end deltas.
-OCCUPY = (
+#: A process's own sends, written into the current epoch (after a loss, or on
+#: its return from local limits). ARGV: quarantine ('l': the state was lost,
+#: 'r': back from local limits, '': neither), member prefix, n, then per bucket:
+#: limit, op, probe, calls in flight, number of ends, then those end deltas.
+#: Returns the tick, then a new sequence number per call in flight.
+REPLAY = (
     _COMMON
     + r"""
-local b = bucket(1, tonumber(ARGV[5]), ARGV[6], ARGV[7] == '1')
-for i = 9, #ARGV do
-  redis.call('ZADD', b.e, fmt(now + tonumber(ARGV[i])), ARGV[8] .. (i - 8))
+local n = tonumber(ARGV[P + 3])
+local bad = epoch(1 + 3 * n)
+if bad then return bad end
+local why = ARGV[P + 1]
+if why == 'l' then
+  quarantine(tonumber(redis.call('HGET', E, 'born')) + HOLD)
+elseif why == 'r' then
+  quarantine(now + HOLD)
 end
-expire(b)
-return 1
+local out = {int(TICK)}
+local at = P + 4
+for i = 1, n do
+  local b = bucket(i, tonumber(ARGV[at]), ARGV[at + 1], ARGV[at + 2] == '1')
+  if not b then return birth(true) end
+  local flying, ends = tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
+  at = at + 5
+  for _ = 1, flying do
+    local seq = redis.call('HINCRBY', b.h, 'granted', 1)
+    open_slot(b, seq, now + LEASE)
+    table.insert(out, int(seq))
+  end
+  for j = 1, ends do
+    add_end(b, now + tonumber(ARGV[at]), ARGV[P + 2] .. i .. ':' .. j)
+    at = at + 1
+  end
+  expire(b)
+end
+return out
+"""
+)
+
+#: Only the epoch check (after a reconnection, or when another process announced
+#: a new epoch). Returns the tick.
+CHECK = (
+    _COMMON
+    + r"""
+local bad = epoch(1)
+if bad then return bad end
+return {int(TICK)}
 """
 )

@@ -42,6 +42,7 @@ All times are values of the governor's anyio clock (``anyio.current_time``).
 from __future__ import annotations
 
 import enum
+import logging
 import math
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping, Sequence
@@ -65,6 +66,11 @@ __all__ = [
 
 #: Fraction of the limit below which a capped bucket sends one call at a time.
 _ENDGAME = 0.05
+#: The furthest a server's ``RateLimit-Reset`` may hold a bucket (as ``Retry-After``).
+_MAX_RESET = 3600.0
+#: A ``RateLimit-Limit`` above this is nonsense (a hundred times the IP ceiling).
+_MAX_LIMIT = 100_000
+_logger = logging.getLogger("apientreprise_async.governor")
 _NEG_INF = -math.inf
 _NOT_PROBING = (False, False)
 _tuple_new = tuple.__new__
@@ -134,6 +140,41 @@ class Feedback(NamedTuple):
     reset_at: float
     opened_at: float = -math.inf
     counted_from: float = math.inf
+
+
+def _nonsense_limit(limit: int) -> bool:
+    """A ``RateLimit-Limit`` no server means: zero, negative or absurdly large."""
+    return limit <= 0 or limit > _MAX_LIMIT
+
+
+def _bounded_reset(key: str, feedback: Feedback, now: float) -> Feedback:
+    """``feedback`` with its reset at most :data:`_MAX_RESET` away (logged when cut)."""
+    if feedback.reset_at <= now + _MAX_RESET:
+        return feedback
+    _logger.warning(
+        "bucket %s: RateLimit-Reset %.0f s away; holding the bucket at most %.0f s",
+        key,
+        feedback.reset_at - now,
+        _MAX_RESET,
+    )
+    return feedback._replace(reset_at=now + _MAX_RESET)
+
+
+def _nonsense_pause(key: str, feedback: Feedback, now: float) -> float:
+    """The pause for an answer whose limit is nonsense: until its (bounded) reset.
+
+    Such an answer shows nothing usable: the bucket keeps the limit it had
+    and waits for the server's next window, never longer than :data:`_MAX_RESET`.
+    """
+    until = _bounded_reset(key, feedback, now).reset_at
+    _logger.warning(
+        "bucket %s: the server answered RateLimit-Limit %d, which means nothing; "
+        "keeping the limit in force and pausing %.3f s until its reset",
+        key,
+        feedback.limit,
+        max(until - now, 0.0),
+    )
+    return until
 
 
 class Learned(enum.Enum):
@@ -664,10 +705,19 @@ class InMemoryBackend:
             bucket = self._buckets[request.key]
             occupied = end
             if index == 0 and feedback is not None:
-                learned = bucket.learn(request, feedback, now, grant.marks[0])
-                if end is not None and feedback.reset_at < end:
-                    # The window that counted the call ends then: so does its occupancy.
-                    occupied = feedback.reset_at
+                if _nonsense_limit(feedback.limit):
+                    # Never adopted: a limit of 0 would block the bucket for good. Its
+                    # reset shortens no occupancy either: the answer means nothing.
+                    until = _nonsense_pause(request.key, feedback, now)
+                    if until > bucket.paused:
+                        bucket.paused = until
+                        self._paused_any = max(self._paused_any, until)
+                else:
+                    feedback = _bounded_reset(request.key, feedback, now)
+                    learned = bucket.learn(request, feedback, now, grant.marks[0])
+                    if end is not None and feedback.reset_at < end:
+                        # The window that counted the call ends then: so does its occupancy.
+                        occupied = feedback.reset_at
             if grant.probing[index] and request.op is not None:
                 # Without an answer showing the limit, the next call probes again.
                 bucket.probing.discard(request.op)
@@ -682,11 +732,16 @@ class InMemoryBackend:
     async def seed(self, request: SlotRequest, feedback: Feedback) -> None:
         """Create (or correct) a bucket whose real limit is already known."""
         bucket = self._bucket(request)
+        now = self._now()
+        if _nonsense_limit(feedback.limit):
+            self.pause(request.key, _nonsense_pause(request.key, feedback, now))
+            return
+        feedback = _bounded_reset(request.key, feedback, now)
         bucket.limit = feedback.limit
         bucket.confirmed = True
         if request.op is not None:
             bucket.known.add(request.op)
-        bucket.cap(feedback, self._now(), others=bucket.open)
+        bucket.cap(feedback, now, others=bucket.open)
 
     def pause(self, key: str, until: float) -> None:
         """Grant nothing in ``key`` before ``until``."""

@@ -21,11 +21,65 @@ token and the shared IP under the limits, as one process would.
   time; a release that can help a waiter of another process publishes one
   message, and that process wakes the head of the queue concerned.
 - Keys name a token by a keyed hash of the governor's fingerprint, never the
-  token; they expire on their own once idle.
-- Redis unreachable: ``fail_mode="closed"`` (default) refuses calls with
-  :class:`RedisUnavailableError`; ``"local"`` falls back to this process's own
-  buckets with every limit divided by ``workers``, and comes back to Redis
-  once it answers again.
+  token; they expire on their own once idle. All keys of a prefix share one
+  hash tag (``{prefix}``), so every script runs on one node of a Redis Cluster.
+
+Losing the shared state
+-----------------------
+
+Redis may forget the buckets: a restart without persistence, ``FLUSHALL``,
+eviction under ``maxmemory`` (``allkeys-lru``), a failover to a replica that
+had not received the last writes. A governor that then trusted the empty
+buckets would grant a second window's worth of calls into a window the server
+already counts as full. The backend is built so that no window can hold more
+than the limit whatever Redis forgets:
+
+1. *Every process keeps its own sends.* Each backend remembers, per bucket,
+   the occupancy end of every call it sent that may still count, and the calls
+   it has in flight. That is at most one period of calls, and it is exactly
+   what must be written back into an empty state.
+2. *An epoch tells a live state from a lost one.* ``{prefix}:epoch`` holds a
+   random id and a write counter (``tick``). Every script first compares them
+   with what the caller last saw: a missing epoch, another id, or a counter
+   gone backwards (a lagging replica promoted) means the state this process
+   wrote is gone. Keys can also vanish one by one (eviction): the epoch keeps,
+   per bucket, until when its state matters, and each bucket counts the
+   members of its sorted sets, so a bucket missing in whole or in part is a
+   loss too. Whoever sees a loss first starts a new epoch and tells the others
+   on the wake-up channel; each process replays its own sends (in flight, and
+   answered less than a hold ago) into the new epoch when it hears of it,
+   before any grant of its own.
+3. *A lost state is full for one hold.* A new epoch born of a loss grants
+   nothing until a hold (the period plus the margin, as each process's sends
+   show it) after its birth. Every call answered before the loss ends its
+   occupancy by then, whether its process replays it or died meanwhile; the
+   calls still in flight belong to live processes, which replay them first.
+   So the first grant after a loss comes at a moment when every call that may
+   share a window with it is recorded again: the invariant of the in-memory
+   backend (never ``limit + 1`` occupancies overlapping) holds across the loss.
+
+A process that never saw an epoch (a new worker) cannot tell a new Redis from
+an emptied one. If no other process listens on the prefix, it takes the Redis
+as new; if some do, the new epoch waits half a second for them to say that
+they held state, which turns it into a loss. Processes that died before a
+loss and left nobody behind who remembers the epoch are the one case no
+client can see: the README says so.
+
+Redis unreachable
+-----------------
+
+``fail_mode="closed"`` (default) refuses calls with
+:class:`RedisUnavailableError`. ``"local"`` falls back to this process's own
+buckets, each limit divided by ``workers``, and starts them from what this
+process already sent. Until a hold has passed since the switch, the others'
+calls of the last period are unknown: a process then only sends in place of
+its own calls that end, up to its share. After that, each process holds at
+most its share, so all of them together hold at most the limit. When Redis
+answers again, the process writes the calls it sent alone into the shared
+state and the shared buckets grant nothing for a hold: the other workers'
+local calls are not in Redis yet and may still be counted; each one writes
+its own when it comes back. So no window exceeds the limit on either side of
+the switch.
 
 redis-py's asyncio client runs on asyncio only, so this backend does too.
 
@@ -40,7 +94,8 @@ import hmac
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from bisect import insort
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -49,6 +104,8 @@ import anyio
 try:
     import redis.asyncio as aioredis
     from redis import exceptions as redis_errors
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
 except ImportError:  # pragma: no cover - depends on the environment
     raise ModuleNotFoundError(
         "apientreprise_async.redis needs redis-py: pip install 'apientreprise_async[redis]'"
@@ -63,6 +120,7 @@ from .backends import Grant as _Grant
 from .backends import InMemoryBackend as _InMemoryBackend
 from .backends import Learned as _Learned
 from .backends import SlotRequest as _SlotRequest
+from .backends import _bounded_reset, _nonsense_limit, _nonsense_pause
 
 __all__ = ["FailMode", "RedisBackend", "RedisUnavailableError"]
 
@@ -70,14 +128,24 @@ _logger = logging.getLogger("apientreprise_async.redis")
 
 FailMode = Literal["closed", "local"]
 
-#: What "Redis cannot be reached" looks like (refused, reset, timed out, loading).
+#: What "Redis cannot be reached" looks like (refused, reset, timed out, loading,
+#: a cluster without a node for the slot, a Redis that refuses writes).
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.OutOfMemoryError,  # maxmemory reached with nothing to evict: no writes
     OSError,
 )
 _INF = math.inf
 _LEARNED = {"same": _Learned.SAME, "adopted": _Learned.ADOPTED, "foreign": _Learned.FOREIGN}
+#: The hold assumed by a process that has not yet handed out an occupancy end:
+#: the API's real period and margin.
+_DEFAULT_HOLD = 60.0 * 1.005
+#: Margin on the hold a process saw: its releases come a little after the answers.
+_HOLD_SLACK = 1.02
 
 
 class RedisUnavailableError(_errors.ApiEntrepriseError):
@@ -91,18 +159,39 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class _Held:
+    """A grant of this process not released yet.
+
+    ``seqs``: its members in Redis' open sets (``None`` if granted locally and
+    not written to Redis since); ``local``: the grant of the local backend, or
+    ``None``; ``mirrored``: the local generation its slots were counted in.
+    """
+
+    __slots__ = ("grant", "local", "mirrored", "seqs")
+
+    def __init__(
+        self, grant: _Grant, seqs: tuple[str, ...] | None, local: _Grant | None = None
+    ) -> None:
+        self.grant = grant
+        self.seqs = seqs
+        self.local = local
+        self.mirrored = -1
+
+
 class RedisBackend:
     """A :class:`~apientreprise_async.backends.GovernorBackend` shared through Redis.
 
     Args:
-        redis: a ``redis://`` URL, or a ``redis.asyncio.Redis`` client (left
-            open by :meth:`aclose`). A client given should use a
-            ``BlockingConnectionPool`` (as one built from a URL does), or a pool
-            larger than the calls in flight at once: a full default pool raises,
-            which reads as Redis being unreachable.
+        redis: a ``redis://`` URL, or a client: ``redis.asyncio.Redis`` (also
+            one from ``Sentinel.master_for``, which follows failovers) or
+            ``redis.asyncio.RedisCluster``; a client given is left open by
+            :meth:`aclose`. It should use a ``BlockingConnectionPool`` (as one
+            built from a URL does), or a pool larger than the calls in flight
+            at once: a full default pool raises, which reads as Redis being
+            unreachable.
         prefix: the start of every key and of the wake-up channel; give each
-            application its own. Wrap it in braces (``"{myapp}"``) on a Redis
-            Cluster so that all keys share one slot.
+            application its own. Keys use it as a hash tag (``{prefix}``), so a
+            prefix with braces of its own is taken as is.
         fail_mode: ``"closed"``: raise :class:`RedisUnavailableError` when Redis
             cannot be reached; ``"local"``: fall back to limits of this process,
             each divided by ``workers``.
@@ -126,7 +215,7 @@ class RedisBackend:
 
     def __init__(
         self,
-        redis: str | aioredis.Redis,
+        redis: str | aioredis.Redis | aioredis.RedisCluster,
         /,
         *,
         prefix: str = "apientreprise_async",
@@ -145,16 +234,19 @@ class RedisBackend:
             raise ValueError(f"workers must be at least 1, got {workers!r}")
         if not lease > 0 or idle_ttl < 0 or not recheck > 0:
             raise ValueError("lease and recheck must be positive, idle_ttl not negative")
+        self._redis: Any
         if isinstance(redis, str):
             # A blocking pool: past its size, a call waits for a connection. redis-py's
             # default pool raises instead (MaxConnectionsError, a ConnectionError),
-            # which would pass for Redis being down.
+            # which would pass for Redis being down. One retry, at once: a restarted
+            # server is reached on a fresh connection, a dead one fails fast.
             pool = aioredis.BlockingConnectionPool.from_url(
                 redis,
                 max_connections=100,
                 timeout=None,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 1),
             )
             self._redis = aioredis.Redis(connection_pool=pool)
             self._owns = True
@@ -165,26 +257,38 @@ class RedisBackend:
         self.fail_mode: FailMode = fail_mode
         self.workers = workers
         self._hash_key = (key.encode() if isinstance(key, str) else key) or b"apientreprise_async"
-        self._ip_name = f"{prefix}:ip:{ip_scope}"
-        self._channel = f"{prefix}:wake"
+        tag = prefix if "{" in prefix else f"{{{prefix}}}"
+        self._tag = tag
+        self._ip_name = f"{tag}:ip:{ip_scope}"
+        self._epoch_key = f"{tag}:epoch"
+        self._channel = f"{tag}:wake"
         self._origin = os.urandom(6).hex()
-        self._common = (repr(float(lease)), repr(float(idle_ttl)), self._channel, self._origin)
+        self._lease = (repr(float(lease)), repr(float(idle_ttl)), self._channel, self._origin)
         self._recheck = recheck
         self._scripts = {
             name: self._redis.register_script(getattr(_redis_lua, name))
-            for name in ("ACQUIRE", "RELEASE", "SEED", "PAUSE", "ESTIMATE", "OCCUPY")
+            for name in ("ACQUIRE", "RELEASE", "SEED", "PAUSE", "ESTIMATE", "REPLAY", "CHECK")
         }
         self._names: dict[str, str] = {}  # governor key -> Redis key
         self._keys: dict[str, str] = {}  # Redis key -> governor key
-        self._seqs: dict[int, tuple[_Grant, tuple[str, ...]]] = {}
         self._states: dict[str, _BucketState] = {}
         self._paused: dict[str, float] = {}
         self._pending: dict[str, float] = {}  # pauses not yet written to Redis
+        # What survives a loss of the shared state (see the module's docstring).
+        self._epoch = ""
+        self._tick = 0
+        self._hold_seen = 0.0
+        self._held: dict[int, _Held] = {}
+        self._journal: dict[str, tuple[_SlotRequest, list[float]]] = {}
+        self._epoch_lock: asyncio.Lock | None = None
+        self._listening = False
+        self._subscribed: asyncio.Event | None = None  # set once the listener first subscribed
         # Local mode.
         self._local = _InMemoryBackend()
-        self._local_grants: dict[int, _Grant] = {}
-        self._local_grants_requests: dict[int, Sequence[_SlotRequest]] = {}
-        self._local_ends: dict[str, tuple[_SlotRequest, list[float]]] = {}
+        self._generation = 0
+        self._switched = -_INF
+        self._outage: dict[str, tuple[_SlotRequest, list[float]]] = {}
+        self._unreleased: list[tuple[_Held, float | None, str]] = []
         self._down = False
         self._retry_at = -_INF
         # Wake-ups.
@@ -193,6 +297,8 @@ class RedisBackend:
         self._alarm: asyncio.TimerHandle | None = None
         self._alarm_at = _INF
         self._closed = False
+        self.losses = 0
+        """State losses this process saw (new epochs it replayed its sends into)."""
         _logger.info(
             "Redis governor backend, prefix %r: if Redis is unreachable, %s",
             prefix,
@@ -255,8 +361,16 @@ class RedisBackend:
         self._listener = loop.create_task(self._listen(), name=f"{self._channel} listener")
 
     async def _listen(self) -> None:
-        """Receive wake-ups and pauses published by other processes."""
+        """Receive wake-ups, pauses and new epochs published by other processes."""
         while not self._closed:
+            if isinstance(self._redis, aioredis.RedisCluster):
+                try:
+                    # Its pub/sub needs the slot map that the first command would load.
+                    await self._redis.initialize()
+                except _UNREACHABLE as exc:
+                    _logger.warning("Redis Cluster unreachable (%s); retrying", exc)
+                    await anyio.sleep(min(self._recheck, 1.0))
+                    continue
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
@@ -265,31 +379,53 @@ class RedisBackend:
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
-                        # Anything published before now was missed: every head looks again.
+                        self._listening = True
+                        if self._subscribed is not None:
+                            self._subscribed.set()
+                        # Anything published before now was missed: every head looks
+                        # again, and the epoch is checked (the server may be another).
                         self._wake_all()
+                        await self._check_epoch()
                     elif message["type"] == "message":
-                        self._on_message(_text(message["data"]))
+                        data = _text(message["data"])
+                        if self._on_message(data):
+                            await self._check_epoch()
             except _UNREACHABLE as exc:
+                self._listening = False
                 _logger.warning("Redis wake-up channel lost (%s); resubscribing", exc)
                 await anyio.sleep(min(self._recheck, 1.0))
             finally:
+                self._listening = False
                 # Plain await: the task is cancelled natively (aclose), once; an anyio
                 # shield here would swallow that cancellation and loop forever.
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                await pubsub.aclose()
 
-    def _on_message(self, data: str) -> None:
+    async def _check_epoch(self) -> None:
+        """Compare epochs now (and replay on a loss), unless Redis is known down."""
+        if not self._epoch or self._use_local():
+            return
+        try:
+            await self._run("CHECK", (), list)
+        except _UNREACHABLE as exc:
+            _logger.debug("epoch check failed: %s", exc)
+
+    def _on_message(self, data: str) -> bool:
+        """Act on one message; true when it announces an epoch this process lacks."""
         origin, kind, name, *rest = data.split(" ")
         if origin == self._origin:
-            return  # release() woke this process's waiters from the script's reply
+            return False  # release() woke this process's waiters from the script's reply
+        if kind == "e":
+            return name != self._epoch
         key = self._keys.get(name)
         if key is None:
-            return
+            return False
         if kind == "w":
             self._wake(key)
         elif kind == "p" and rest:
             until = anyio.current_time() + float(rest[0])
             if until > self._paused.get(key, -_INF):
                 self._paused[key] = until
+        return False
 
     def _wake(self, key: str) -> None:
         """A release may help ``key``'s waiters: wake its heads, and count it.
@@ -363,13 +499,13 @@ class RedisBackend:
             else:
                 token, sep, rest = key.partition("/")
                 digest = hmac.new(self._hash_key, token.encode(), hashlib.sha256).hexdigest()[:24]
-                name = f"{self.prefix}:{digest}{sep}{rest}"
+                name = f"{self._tag}:{digest}{sep}{rest}"
             self._names[key] = name
             self._keys[name] = key
         return name
 
     def _keys_of(self, requests: Sequence[_SlotRequest]) -> list[str]:
-        keys: list[str] = []
+        keys = [self._epoch_key]
         for request in requests:
             name = self._name(request.key)
             keys += (name, f"{name}:o", f"{name}:e")
@@ -378,6 +514,22 @@ class RedisBackend:
     @staticmethod
     def _request_args(request: _SlotRequest) -> tuple[str, str, str]:
         return (str(request.limit), request.op or "", "1" if request.probe else "0")
+
+    def _hold(self) -> float:
+        """The longest occupancy any process may have handed out (see the docstring)."""
+        if self._hold_seen > 0:
+            return self._hold_seen * _HOLD_SLACK
+        return _DEFAULT_HOLD
+
+    def _common(self) -> list[str]:
+        return [
+            *self._lease,
+            self._epoch,
+            str(self._tick),
+            repr(self._hold()),
+            os.urandom(8).hex(),
+            "1" if self._listening else "0",
+        ]
 
     def _mirror(self, key: str, fields: Sequence[Any], base: float) -> float | None:
         """Record one bucket's state from a script's reply; return its ready time."""
@@ -409,6 +561,120 @@ class RedisBackend:
             self._set_alarm(when)
         return ready
 
+    # -- scripts and epochs ---------------------------------------------------------------
+
+    async def _run(
+        self,
+        name: str,
+        requests: Sequence[_SlotRequest],
+        build: Callable[[], list[str]],
+    ) -> list[Any]:
+        """Run a script in the current epoch; return its reply without the tick.
+
+        ``build`` makes the script's own arguments, again after a replay (a
+        grant's sequence numbers change when it is written into a new epoch).
+        """
+        await self._flush()
+        if self._down:
+            await self._come_back()
+        return await self._eval(name, requests, build)
+
+    async def _eval(
+        self, name: str, requests: Sequence[_SlotRequest], build: Callable[[], list[str]]
+    ) -> list[Any]:
+        script = self._scripts[name]
+        keys = self._keys_of(requests)
+        for _ in range(5):
+            reply = await script(keys=keys, args=[*self._common(), *build()])
+            if _text(reply[0]) == "E":
+                await self._adopt(_text(reply[1]))
+                continue
+            self._tick = max(self._tick, int(reply[0]))
+            return list(reply[1:])
+        raise redis_errors.ConnectionError("the governor's epoch in Redis keeps changing")
+
+    def _lock(self) -> asyncio.Lock:
+        if self._epoch_lock is None:
+            self._epoch_lock = asyncio.Lock()
+        return self._epoch_lock
+
+    async def _adopt(self, epoch: str) -> None:
+        """Redis is in another epoch than ours: write our sends into it, then use it."""
+        async with self._lock():
+            if epoch == self._epoch:
+                return  # another task of this process adopted it meanwhile
+            lost = bool(self._epoch)
+            self._epoch, self._tick = epoch, 0
+            if lost:
+                self._lost()
+            if self._journal or self._held:
+                await self._replay("l" if lost else "", everything=True)
+
+    def _lost(self) -> None:
+        """Count and log a loss of the shared state; pauses we know outlive it."""
+        self.losses += 1
+        _logger.warning(
+            "the governor's state in Redis was lost (restart without persistence, flush, "
+            "eviction or failover): writing back the calls of this process that may still "
+            "count; no grant before a hold (%.3f s) has passed since the loss",
+            self._hold(),
+        )
+        now = anyio.current_time()
+        for key, until in self._paused.items():
+            if until > now:
+                self._pending[key] = max(until, self._pending.get(key, -_INF))
+
+    async def _replay(self, why: str, *, everything: bool) -> int:
+        """Write our live sends (``everything``) or those of the outage into the epoch.
+
+        Returns how many calls it wrote. Runs under the epoch lock; should Redis
+        be in yet another epoch, writes everything there.
+        """
+        script = self._scripts["REPLAY"]
+        for _ in range(5):
+            now = anyio.current_time()
+            source = self._journal if everything else self._outage
+            buckets: dict[str, tuple[_SlotRequest, list[_Held], list[float]]] = {}
+            for key, (request, ends) in source.items():
+                live = [end for end in ends if end > now]
+                if live:
+                    buckets[key] = (request, [], live)
+            for held in self._held.values():
+                if everything or held.seqs is None:
+                    for request in held.grant.requests:
+                        buckets.setdefault(request.key, (request, [], []))[1].append(held)
+            requests = [request for request, _, _ in buckets.values()]
+            args = [why, f"r:{os.urandom(4).hex()}:", str(len(requests))]
+            for request, flying, ends in buckets.values():
+                args += [*self._request_args(request), str(len(flying)), str(len(ends))]
+                args += [repr(end - now) for end in ends]
+            reply = await script(keys=self._keys_of(requests), args=[*self._common(), *args])
+            if _text(reply[0]) != "E":
+                break
+            lost = bool(self._epoch)
+            self._epoch, self._tick = _text(reply[1]), 0
+            everything = True
+            if lost:
+                self._lost()
+                if why != "r":
+                    why = "l"
+        else:
+            raise redis_errors.ConnectionError("the governor's epoch in Redis keeps changing")
+        self._tick = max(self._tick, int(reply[0]))
+        # New sequence numbers for the calls in flight, bucket by bucket.
+        seqs = iter(_text(seq) for seq in reply[1:])
+        for key, (_, flying, _) in buckets.items():
+            for held in flying:
+                index = [r.key for r in held.grant.requests].index(key)
+                current = list(held.seqs or ("",) * len(held.grant.requests))
+                current[index] = next(seqs)
+                held.seqs = tuple(current)
+        if not everything:
+            self._outage = {}
+        return sum(len(ends) for _, _, ends in buckets.values()) + len(
+            {id(h) for _, flying, _ in buckets.values() for h in flying}
+        )
+
     # -- failure handling -----------------------------------------------------------------
 
     def _use_local(self) -> bool:
@@ -428,95 +694,171 @@ class RedisBackend:
         if not self._down:
             _logger.warning(
                 "Redis unreachable (%s): falling back to local limits divided by %d workers "
-                "(fail_mode='local'); retrying every %g s",
+                "(fail_mode='local'), starting from this process's own calls; retrying "
+                "every %g s",
                 exc,
                 self.workers,
                 self._recheck,
             )
-        self._down = True
+            self._down = True
+            self._go_local()
         self._retry_at = anyio.current_time() + self._recheck
 
-    async def _reachable(self) -> None:
-        """Redis answered: after an outage, hand it what this process sent meanwhile."""
-        if not self._down:
-            return
-        self._down = False
-        _logger.warning("Redis reachable again: the shared buckets are back in use")
-        await self._reachable_again()
+    def _go_local(self) -> None:
+        """Start local buckets from this process's sends and calls in flight."""
+        self._generation += 1
+        self._local = _InMemoryBackend()
+        self._switched = anyio.current_time()
+        self._outage = {}
+        for request, _ in self._journal.values():
+            self._local_bucket(request)
+        for held in self._held.values():
+            for request in held.grant.requests:
+                self._local_bucket(request)
 
-    async def _reachable_again(self) -> None:
-        now = anyio.current_time()
-        pending, self._local_ends = self._local_ends, {}
-        for request, ends in pending.values():
-            live = [end for end in ends if end > now]
-            if live:
-                await self._occupy(request, live)
-
-    async def _occupy(self, request: _SlotRequest, ends: Sequence[float]) -> None:
-        now = anyio.current_time()
-        await self._scripts["OCCUPY"](
-            keys=self._keys_of([request]),
-            args=[
-                *self._common,
-                *self._request_args(request),
-                f"m:{self._origin}:{os.urandom(4).hex()}:",
-                *(repr(end - now) for end in ends),
-            ],
-        )
+    def _share(self, request: _SlotRequest) -> int:
+        state = self._states.get(request.key)
+        limit = state.limit if state is not None and state.confirmed else request.limit
+        return max(1, limit // self.workers)
 
     def _divided(self, request: _SlotRequest) -> _SlotRequest:
-        return request._replace(limit=max(1, request.limit // self.workers))
+        return request._replace(limit=self._share(request))
 
-    def _divided_feedback(self, feedback: _Feedback | None) -> _Feedback | None:
-        if feedback is None:
-            return None
-        workers = self.workers
-        return feedback._replace(
-            limit=max(1, feedback.limit // workers), remaining=feedback.remaining // workers
+    def _local_bucket(self, request: _SlotRequest) -> None:
+        """Create ``request``'s local bucket if new: this process's own sends and
+        calls in flight, and until a hold after the switch, room for the others'.
+
+        The others' calls of the last period are unknown: this process may only
+        send in place of its own ones that end, and not beyond its share.
+        """
+        local = self._local
+        if request.key in local._buckets:
+            return
+        share = self._share(request)
+        bucket = local._bucket(self._divided(request))
+        now = anyio.current_time()
+        own = self._journal.get(request.key)
+        if own is not None:
+            bucket.ends.extend(sorted(end for end in own[1] if end > now))
+        for held in self._held.values():
+            # Calls in flight granted by Redis (or by an earlier local spell).
+            if held.mirrored != self._generation and any(
+                r.key == request.key for r in held.grant.requests
+            ):
+                bucket.open += 1
+        until = self._switched + self._hold()
+        if until > now:
+            for _ in range(max(0, share - bucket.open - len(bucket.ends))):
+                insort(bucket.ends, until)
+
+    def _local_release(self, held: _Held, end: float | None) -> None:
+        """A Redis grant counted in the local buckets frees its local slots."""
+        for request in held.grant.requests:
+            bucket = self._local._buckets.get(request.key)
+            if bucket is None or bucket.open <= 0:
+                continue
+            bucket.open -= 1
+            if end is not None:
+                insort(bucket.ends, end)
+
+    async def _come_back(self) -> None:
+        """Redis answers again: write what this process sent alone, hold the rest a while."""
+        if self.fail_mode == "closed":
+            self._down = False
+            _logger.warning("Redis reachable again: calls are accepted again")
+            return
+        async with self._lock():
+            if not self._down:
+                return
+            calls = await self._replay("r", everything=False)
+            self._down = False
+            unreleased, self._unreleased = self._unreleased, []
+        _logger.warning(
+            "Redis reachable again: the shared buckets are back in use; wrote the %d calls "
+            "this process sent alone; no shared grant for a hold (%.3f s), until every "
+            "worker has written its own",
+            calls,
+            self._hold(),
         )
+        for held, end, epoch in unreleased:
+            # In another epoch its members mean nothing; the replay wrote its end.
+            if held.seqs is not None and epoch == self._epoch:
+                try:
+                    await self._release_in_redis(held, end, None)
+                except _UNREACHABLE:
+                    break  # their lease frees them
 
     async def _flush(self) -> None:
         """Write pauses recorded synchronously by :meth:`pause`, and make sure we listen."""
         self._ensure_listener()
-        if not self._pending:
+        if self._subscribed is None:
+            # Listen before the first script: an epoch born then counts the other
+            # processes listening, and must not count this one among them.
+            self._subscribed = asyncio.Event()
+            with anyio.move_on_after(1.0):
+                await self._subscribed.wait()
+        if not self._pending or self._down:
             return
         pending, self._pending = self._pending, {}
-        script = self._scripts["PAUSE"]
         now = anyio.current_time()
         try:
             for key, until in pending.items():
-                name = self._name(key)
-                await script(
-                    keys=[name, f"{name}:o", f"{name}:e"],
-                    args=[*self._common, repr(until - now)],
+                await self._eval(
+                    "PAUSE",
+                    [_SlotRequest(key, 1)],
+                    lambda until=until: [repr(until - anyio.current_time())],  # type: ignore[misc]
                 )
         except BaseException:
             for key, until in pending.items():
-                self._pending[key] = max(until, self._pending.get(key, -_INF))
+                if until > now:
+                    self._pending[key] = max(until, self._pending.get(key, -_INF))
             raise
+
+    def _record(self, grant: _Grant, end: float | None, *, outage: bool) -> None:
+        """Keep a sent call's end in the journal (and the outage's) while it may count."""
+        if end is None:
+            return
+        now = anyio.current_time()
+        if end - now > self._hold_seen:
+            self._hold_seen = end - now
+        for journal in (self._journal, self._outage) if self._down and outage else (self._journal,):
+            for request in grant.requests:
+                entry = journal.get(request.key)
+                if entry is None:
+                    journal[request.key] = (request, [end])
+                    continue
+                ends = entry[1]
+                if ends and ends[0] <= now and len(ends) > 8:
+                    ends[:] = [e for e in ends if e > now]
+                ends.append(end)
 
     # -- the protocol ---------------------------------------------------------------------
 
     async def _local_acquire(self, requests: Sequence[_SlotRequest]) -> _Grant | _Blocked:
-        result = await self._local.acquire([self._divided(r) for r in requests])
+        for request in requests:
+            self._local_bucket(request)
+        divided = [self._divided(r) for r in requests]
+        result = await self._local.acquire(divided)
         if type(result) is _Grant:
-            self._local_grants[id(result)] = result
-            self._local_grants_requests[id(result)] = requests  # undivided, for Redis later
+            # The governor keeps the undivided requests; the local grant stays inside.
+            grant = _Grant(tuple(requests), result.probing, result.marks)
+            held = _Held(grant, None, result)
+            held.mirrored = self._generation
+            self._held[id(grant)] = held
+            return grant
         return result
 
     async def acquire(self, requests: Sequence[_SlotRequest]) -> _Grant | _Blocked:
         """Take one slot in every bucket of ``requests`` if all are free now, else none."""
         if self._use_local():
             return await self._local_acquire(requests)
-        args = [*self._common, "a", str(len(requests))]
+        args = ["a", str(len(requests))]
         for request in requests:
             args += self._request_args(request)
         for last in (False, True):
             seen = [self._woken.get(r.key, 0) for r in requests]
             try:
-                await self._flush()
-                reply = await self._scripts["ACQUIRE"](keys=self._keys_of(requests), args=args)
-                await self._reachable()
+                reply = await self._run("ACQUIRE", requests, lambda: args)
             except _UNREACHABLE as exc:
                 self._unreachable(exc, refuse=True)
                 return await self._local_acquire(requests)
@@ -534,12 +876,12 @@ class RedisBackend:
             probing.append(_text(reply[at + 2]) == "1")
             self._mirror(request.key, reply[at + 3 : at + 12], base)
         grant = _Grant(tuple(requests), tuple(probing), tuple(marks))
-        self._seqs[id(grant)] = (grant, tuple(seqs))
+        self._held[id(grant)] = _Held(grant, tuple(seqs))
         return grant
 
     async def ready(self, requests: Sequence[_SlotRequest]) -> tuple[float | None, ...]:
         """Earliest grant time per request, without taking anything."""
-        args = [*self._common, "r", str(len(requests))]
+        args = ["r", str(len(requests))]
         for request in requests:
             args += self._request_args(request)
         for last in (False, True):
@@ -547,9 +889,7 @@ class RedisBackend:
                 break
             seen = [self._woken.get(r.key, 0) for r in requests]
             try:
-                await self._flush()
-                reply = await self._scripts["ACQUIRE"](keys=self._keys_of(requests), args=args)
-                await self._reachable()
+                reply = await self._run("ACQUIRE", requests, lambda: args)
             except _UNREACHABLE as exc:
                 # Never raise here: the caller may hold a fresh grant. Failing closed, the
                 # head wakes now and its own acquire raises.
@@ -560,55 +900,87 @@ class RedisBackend:
             ready = self._blocked_ready(requests, reply, seen, last)
             if ready is not None:
                 return ready
+        for request in requests:
+            self._local_bucket(request)
         return await self._local.ready([self._divided(r) for r in requests])
 
     async def release(
         self, grant: _Grant, *, end: float | None, feedback: _Feedback | None = None
     ) -> _Learned | None:
         """Give the slots of ``grant`` back (see the protocol); never raises for Redis."""
-        local = self._local_grants.pop(id(grant), None)
-        if local is not None:
-            learned = await self._local.release(
-                grant, end=end, feedback=self._divided_feedback(feedback)
-            )
-            requests = self._local_grants_requests.pop(id(grant))
-            if end is not None:
-                for request in requests:
-                    self._local_ends.setdefault(request.key, (request, []))[1].append(end)
-                if not self._down:
-                    # Granted locally before Redis came back: Redis must count it too.
-                    try:
-                        await self._reachable_again()
-                    except _UNREACHABLE as exc:
-                        self._unreachable(exc, refuse=False)
-            return learned
-        _, seqs = self._seqs.pop(id(grant))
+        held = self._held.get(id(grant))
+        if held is None:
+            raise KeyError("this grant is not one of this backend's, or was released already")
         now = anyio.current_time()
-        args = [*self._common, "" if end is None else repr(end - now)]
-        if feedback is None:
-            args += ["", "", "", "", ""]
-        else:
-            opened, counted = feedback.opened_at, feedback.counted_from
-            args += [
-                str(feedback.limit),
-                str(feedback.remaining),
-                repr(feedback.reset_at - now),
-                "" if opened == -_INF else repr(opened - now),
-                "" if counted == _INF else repr(counted - now),
-            ]
-        args.append(str(len(grant.requests)))
-        for request, seq, mark, probing in zip(
-            grant.requests, seqs, grant.marks, grant.probing, strict=True
-        ):
-            args += (*self._request_args(request), seq, str(mark), "1" if probing else "0")
+        if feedback is not None:
+            key = grant.requests[0].key
+            if _nonsense_limit(feedback.limit):
+                self.pause(key, _nonsense_pause(key, feedback, now))
+                feedback = None
+            else:
+                feedback = _bounded_reset(key, feedback, now)
+        learned: _Learned | None = None
+        if held.mirrored == self._generation and held.local is not None:
+            local_feedback = None
+            if feedback is not None:
+                local_feedback = feedback._replace(
+                    limit=max(1, feedback.limit // self.workers),
+                    remaining=feedback.remaining // self.workers,
+                )
+            learned = await self._local.release(held.local, end=end, feedback=local_feedback)
+        elif self._down:
+            self._local_release(held, end)  # counted in flight when the local buckets began
         try:
-            await self._flush()
-            reply = await self._scripts["RELEASE"](keys=self._keys_of(grant.requests), args=args)
-        except _UNREACHABLE as exc:
-            # The slots stay open in Redis until their lease ends: safe, only slower.
-            _logger.warning("Redis unreachable at release (%s): the slots free at lease end", exc)
-            self._unreachable(exc, refuse=False)
-            return None
+            if held.seqs is None:
+                pass  # granted locally and never written to Redis: the outage replay will
+            elif self._use_local():
+                self._unreleased.append((held, end, self._epoch))
+            else:
+                try:
+                    redis_learned = await self._release_in_redis(held, end, feedback)
+                except _UNREACHABLE as exc:
+                    # The slots stay open in Redis until written back or their lease ends.
+                    _logger.warning("Redis unreachable at release (%s): the slots free later", exc)
+                    self._unreachable(exc, refuse=False)
+                    if self.fail_mode == "local":
+                        self._unreleased.append((held, end, self._epoch))
+                else:
+                    if held.local is None:
+                        learned = redis_learned
+        finally:
+            self._held.pop(id(grant), None)
+            # A Redis grant's end goes to Redis with its release, not with the outage's.
+            self._record(grant, end, outage=held.seqs is None)
+        return learned
+
+    async def _release_in_redis(
+        self, held: _Held, end: float | None, feedback: _Feedback | None
+    ) -> _Learned | None:
+        grant = held.grant
+
+        def build() -> list[str]:
+            now = anyio.current_time()
+            args = ["" if end is None else repr(end - now)]
+            if feedback is None:
+                args += ["", "", "", "", ""]
+            else:
+                opened, counted = feedback.opened_at, feedback.counted_from
+                args += [
+                    str(feedback.limit),
+                    str(feedback.remaining),
+                    repr(feedback.reset_at - now),
+                    "" if opened == -_INF else repr(opened - now),
+                    "" if counted == _INF else repr(counted - now),
+                ]
+            args.append(str(len(grant.requests)))
+            assert held.seqs is not None
+            for request, seq, mark, probing in zip(
+                grant.requests, held.seqs, grant.marks, grant.probing, strict=True
+            ):
+                args += (*self._request_args(request), seq, str(mark), "1" if probing else "0")
+            return args
+
+        reply = await self._run("RELEASE", grant.requests, build)
         for request, woke in zip(grant.requests, reply[1:], strict=True):
             if _text(woke) == "1":
                 # Its message is ignored here: wake this process's waiters now. The
@@ -619,27 +991,37 @@ class RedisBackend:
 
     async def seed(self, request: _SlotRequest, feedback: _Feedback) -> None:
         """Create (or correct) a bucket whose real limit is already known."""
+        now = anyio.current_time()
+        if _nonsense_limit(feedback.limit):
+            self.pause(request.key, _nonsense_pause(request.key, feedback, now))
+            return
+        feedback = _bounded_reset(request.key, feedback, now)
         if not self._use_local():
-            now = anyio.current_time()
-            args = [
-                *self._common,
-                *self._request_args(request),
-                str(feedback.limit),
-                str(feedback.remaining),
-                repr(feedback.reset_at - now),
-            ]
+
+            def build() -> list[str]:
+                return [
+                    *self._request_args(request),
+                    str(feedback.limit),
+                    str(feedback.remaining),
+                    repr(feedback.reset_at - anyio.current_time()),
+                ]
+
             try:
-                await self._flush()
-                await self._scripts["SEED"](keys=self._keys_of([request]), args=args)
+                await self._run("SEED", [request], build)
                 return
             except _UNREACHABLE as exc:
                 self._unreachable(exc, refuse=False)
-        divided = self._divided_feedback(feedback)
-        assert divided is not None
-        await self._local.seed(self._divided(request), divided)
+        self._local_bucket(request)
+        await self._local.seed(
+            self._divided(request),
+            feedback._replace(
+                limit=max(1, feedback.limit // self.workers),
+                remaining=feedback.remaining // self.workers,
+            ),
+        )
 
     def pause(self, key: str, until: float) -> None:
-        """_Grant nothing in ``key`` before ``until``, here at once, elsewhere on the next call."""
+        """Grant nothing in ``key`` before ``until``, here at once, elsewhere on the next call."""
         if until > self._paused.get(key, -_INF):
             self._paused[key] = until
         self._pending[key] = max(until, self._pending.get(key, -_INF))
@@ -652,14 +1034,13 @@ class RedisBackend:
     async def estimate(self, request: _SlotRequest, position: int, hold: float) -> float:
         """When a call with ``position`` calls ahead would get a slot (a lower bound)."""
         if not self._use_local():
-            args = [*self._common, *self._request_args(request), str(position), repr(hold)]
+            args = [*self._request_args(request), str(position), repr(hold)]
             try:
-                await self._flush()
-                reply = await self._scripts["ESTIMATE"](keys=self._keys_of([request]), args=args)
-                await self._reachable()
-                return anyio.current_time() + float(_text(reply))
+                reply = await self._run("ESTIMATE", [request], lambda: args)
+                return anyio.current_time() + float(_text(reply[0]))
             except _UNREACHABLE as exc:
                 self._unreachable(exc, refuse=True)
+        self._local_bucket(request)
         return await self._local.estimate(self._divided(request), position, hold)
 
     def snapshot(self) -> Mapping[str, _BucketState]:

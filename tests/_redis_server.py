@@ -1,4 +1,4 @@
-"""A throwaway ``redis-server`` on a free loopback port, for the Redis test modules."""
+"""Throwaway ``redis-server`` processes on free loopback ports, for the Redis test modules."""
 
 from __future__ import annotations
 
@@ -32,28 +32,59 @@ def _pong(port: int) -> bool:
         return False
 
 
+def binary(name: str = "redis-server") -> str:
+    """The path of a Redis binary; skips the calling test when it is not installed."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"no {name} binary on PATH (apt-get install redis-server)")
+    return path
+
+
+class RedisProcess:
+    """One ``redis-server`` without persistence on a fixed port, that a test can kill,
+    restart (empty) and start again; :meth:`stop` at the end, always.
+    """
+
+    def __init__(self, port: int | None = None, *options: str) -> None:
+        self.port = free_port() if port is None else port
+        self.options = options
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisProcess:
+        """Start it (empty) and wait until it answers."""
+        argv = [binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv += ["--save", "", "--appendonly", "no", *self.options]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not _pong(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"redis-server did not start on port {self.port}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Kill it (SIGKILL: no goodbye to the clients) and wait for it to be gone."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def restart(self) -> None:
+        """Kill it and start it again on the same port, with nothing in it."""
+        self.stop()
+        self.start()
+
+
 @contextmanager
-def redis_server(port: int | None = None) -> Iterator[str]:
+def redis_server(port: int | None = None, *options: str) -> Iterator[str]:
     """Run ``redis-server`` without persistence on ``port``; yield its URL; kill it on exit.
 
     Skips the calling test when no ``redis-server`` binary is installed.
     """
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("no redis-server binary on PATH (apt-get install redis-server)")
-    port = free_port() if port is None else port
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = RedisProcess(port, *options)
     try:
-        deadline = time.monotonic() + 10
-        while not _pong(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not start on port {port}")
-            time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.start().url
     finally:
-        process.kill()
-        process.wait()
+        server.stop()

@@ -22,7 +22,7 @@ from apientreprise_async.redis import RedisBackend, RedisUnavailableError
 from apientreprise_async.testing import check_backend
 
 from ._fake_throttle import json_endpoint
-from ._redis_server import ASYNCIO_ONLY, free_port, redis_server
+from ._redis_server import ASYNCIO_ONLY, RedisProcess, free_port, redis_server
 from .conftest import ROOT
 
 pytestmark = pytest.mark.anyio
@@ -92,17 +92,21 @@ async def test_keys_name_no_token_carry_the_prefix_and_expire(redis_url: str) ->
         async with RedisBackend(client, prefix="app1", key="s3cret", idle_ttl=0.3, lease=0.5) as b:
             await call(governor(b), token="fingerprint-xyz")
             assert not [k for k in await client.keys("*") if "fingerprint-xyz" in k]
-            keys = sorted(await client.keys("app1:*"))
-            assert 4 == len(keys), keys  # hash and ends (no slot open), for the token and the IP
-            assert "app1:ip:shared" in keys
+            keys = sorted(await client.keys("{app1}:*"))
+            # Hash and ends (no slot open), for the token and the IP, and the epoch.
+            assert 5 == len(keys), keys
+            assert "{app1}:ip:shared" in keys
             for k in keys:
-                assert 0 < await client.pttl(k) <= 1500
+                if k == "{app1}:epoch":
+                    assert -1 == await client.pttl(k)  # tells a live state from a lost one
+                else:
+                    assert 0 < await client.pttl(k) <= 1500
             async with RedisBackend(client, prefix="app1", idle_ttl=0.3, lease=0.5) as unkeyed:
                 await call(governor(unkeyed), token="fingerprint-xyz")
             # Another hashing key, other names: tokens cannot be linked across deployments.
-            assert len(await client.keys("app1:*/json_resources_entreprise")) == 2
+            assert len(await client.keys("{app1}:*/json_resources_entreprise")) == 2
             await anyio.sleep(1.0 + PERIOD)
-            assert [] == [k for k in await client.keys("app1:*") if "/" in k]
+            assert [] == [k for k in await client.keys("{app1}:*") if "/" in k]
     finally:
         await client.aclose()
 
@@ -189,29 +193,38 @@ async def test_fail_closed_refuses_calls_and_logs_the_choice(
     assert "refusing calls (fail_mode='closed')" in messages
 
 
-async def test_fail_local_divides_the_limits_then_returns_to_redis(
+async def test_fail_local_starts_from_its_own_calls_then_returns_to_redis(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Unreachable: 1/workers of each limit locally; back on Redis, it hands over its calls."""
+    """Redis killed: 1/workers of each limit locally, the calls already sent counted;
+    back on Redis, the calls sent alone are written into the shared buckets."""
     caplog.set_level(logging.WARNING, logger="apientreprise_async.redis")
-    port = free_port()
-    async with RedisBackend(
-        f"redis://127.0.0.1:{port}", fail_mode="local", workers=4, recheck=0.2, timeout=0.5
-    ) as backend:
-        gov = governor(backend, 8)
-        sends = [await call(gov) for _ in range(3)]
-        # 8 / 4 workers = 2 calls per period locally.
-        assert sends[2] - sends[0] >= gov.limits.hold
-        assert "falling back to local limits divided by 4 workers" in caplog.text
-        with redis_server(port) as url:
-            await anyio.sleep_until(sends[2] + 0.2)
-            await call(gov)  # reaches Redis again
+    server = RedisProcess().start()
+    try:
+        async with RedisBackend(
+            server.url, fail_mode="local", workers=4, recheck=0.2, timeout=0.5
+        ) as backend:
+            gov = Governor(
+                Limits(groups={"json_resources_entreprise": 8}, period=1.0, slow_start=False),
+                backend=backend,
+            )
+            early = [await call(gov) for _ in range(2)]
+            await anyio.to_thread.run_sync(server.stop)
+            later = [await call(gov) for _ in range(2)]
+            # 8 / 4 workers = 2 calls per period locally, and the two sent via Redis count.
+            assert later[0] - early[0] >= gov.limits.hold - 0.01
+            assert "falling back to local limits divided by 4 workers" in caplog.text
+            await anyio.to_thread.run_sync(server.start)
+            await anyio.sleep(0.25)
+            key = "fp/json_resources_entreprise"
+            await backend.ready([SlotRequest(key, 8)])  # reaches Redis again
             assert "Redis reachable again" in caplog.text
-            async with RedisBackend(url) as other:
-                key = "fp/json_resources_entreprise"
+            async with RedisBackend(server.url) as other:
                 await other.ready([SlotRequest(key, 8)])
-                # The local call still occupying its slot was handed to Redis.
-                assert (8, 2) == (other.snapshot()[key].limit, other.snapshot()[key].occupied)
+                # The local calls still occupying their slots were handed to Redis.
+                assert other.snapshot()[key].occupied >= 2
+    finally:
+        server.stop()
 
 
 def test_on_trio_the_backend_says_it_needs_asyncio(redis_url: str) -> None:
