@@ -727,7 +727,6 @@ class Governor:
         backend: GovernorBackend | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self.limits = limits or Limits()
         # Its token buckets live under a prefix of its own in the process backend;
         # the IP bucket's key has none, so the process ceiling still holds.
         self._scope = "" if backend is not None else f"governor-{next(_PRIVATE)}:"
@@ -735,6 +734,7 @@ class Governor:
         if self._scope:
             # Its buckets would otherwise outlive it in the process backend.
             weakref.finalize(self, _forget_scope, self._backend, self._scope)
+        self.limits = limits or Limits()  # after the backend: the setter tells it the hold
         self._queues = _queues_for(self._backend)
         # The in-memory backend, when its coroutines can be skipped: nothing in
         # it waits, so its synchronous twins do the same, a coroutine cheaper.
@@ -774,6 +774,10 @@ class Governor:
     def limits(self, limits: Limits) -> None:
         self._limits = limits
         self._hold = limits.hold
+        # A shared backend guards against a lost state for as long as a slot may be held.
+        note_hold = getattr(self._backend, "_note_hold", None)
+        if note_hold is not None:
+            note_hold(limits.hold)
 
     def __repr__(self) -> str:
         queued = sum(q.size for q in self._queues.values())

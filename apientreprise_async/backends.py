@@ -68,8 +68,9 @@ __all__ = [
 _ENDGAME = 0.05
 #: The furthest a server's ``RateLimit-Reset`` may hold a bucket (as ``Retry-After``).
 _MAX_RESET = 3600.0
-#: A ``RateLimit-Limit`` above this is nonsense (a hundred times the IP ceiling).
-_MAX_LIMIT = 100_000
+#: A ``RateLimit-Limit`` above this is nonsense (no server counts a billion calls a window;
+#: test setups do use a million).
+_MAX_LIMIT = 10**9
 _logger = logging.getLogger("apientreprise_async.governor")
 _NEG_INF = -math.inf
 _NOT_PROBING = (False, False)

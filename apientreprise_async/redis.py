@@ -515,6 +515,10 @@ class RedisBackend:
     def _request_args(request: _SlotRequest) -> tuple[str, str, str]:
         return (str(request.limit), request.op or "", "1" if request.probe else "0")
 
+    def _note_hold(self, hold: float) -> None:
+        """A governor on this backend holds each sent call's slot ``hold`` after its answer."""
+        self._hold_seen = max(self._hold_seen, hold / _HOLD_SLACK)
+
     def _hold(self) -> float:
         """The longest occupancy any process may have handed out (see the docstring)."""
         if self._hold_seen > 0:

@@ -41,14 +41,21 @@ async def work(args: argparse.Namespace) -> dict[str, Any]:
     if args.backend == "redis":
         from apientreprise_async.redis import RedisBackend
 
-        backend = RedisBackend(args.redis, prefix=args.prefix, workers=args.workers)
+        backend = RedisBackend(
+            args.redis,
+            prefix=args.prefix,
+            workers=args.workers,
+            fail_mode=args.fail_mode,
+            recheck=args.recheck,
+            timeout=args.timeout,
+        )
     else:
         backend = InMemoryBackend()
     statuses: Counter[str] = Counter()
     async with AsyncClient(
         args.token,
         base_url=args.url,
-        governor=Governor(Limits(period=args.period), backend=backend),
+        governor=Governor(Limits(period=args.period, ip=args.ip), backend=backend),
         recipient=RECIPIENT,
         context="acceptance",
         object="redis",
@@ -86,7 +93,14 @@ async def work(args: argparse.Namespace) -> dict[str, Any]:
             print(repr(client.governor), client.governor.snapshot(), file=sys.stderr)
     if args.backend == "redis":
         await backend.aclose()  # type: ignore[attr-defined]
-    return {"statuses": dict(statuses), "elapsed": elapsed, "cpu": time.process_time()}
+    losses = getattr(backend, "losses", 0)
+    return {
+        "statuses": dict(statuses),
+        "elapsed": elapsed,
+        "cpu": time.process_time(),
+        "left": left,
+        "losses": losses,
+    }
 
 
 def main() -> None:
@@ -104,6 +118,9 @@ def main() -> None:
     parser.add_argument("--period", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--deadline", type=float, default=30.0)
+    parser.add_argument("--ip", type=int, default=1000)
+    parser.add_argument("--fail-mode", choices=["closed", "local"], default="closed")
+    parser.add_argument("--recheck", type=float, default=5.0)
     result = anyio.run(work, parser.parse_args(), backend="asyncio")
     print(json.dumps(result), flush=True)
 
