@@ -535,14 +535,21 @@ class RedisBackend:
             "1" if self._listening else "0",
         ]
 
-    def _mirror(self, key: str, fields: Sequence[Any], base: float) -> float | None:
-        """Record one bucket's state from a script's reply; return its ready time."""
+    def _mirror(
+        self, key: str, fields: Sequence[Any], base: float, granted: bool = False
+    ) -> float | None:
+        """Record one bucket's state from a script's reply; return its ready time.
+
+        ``granted``: Redis just granted a slot, so no pause it knows of is in
+        force; a pause heard of by message (its end read late by the delivery
+        time) then gives way, unless this process set one not written yet.
+        """
         ready_s, limit, confirmed, open_, ends, cap_left, cap_s, paused_s, lease_s = map(
             _text, fields
         )
         ready = None if ready_s == "n" else base + float(ready_s)
         paused = base + float(paused_s) if paused_s else -_INF
-        if paused > self._paused.get(key, -_INF):
+        if paused > self._paused.get(key, -_INF) or (granted and key not in self._pending):
             self._paused[key] = paused
         capped = bool(cap_s)
         self._states[key] = _BucketState(
@@ -878,7 +885,7 @@ class RedisBackend:
             marks.append(int(reply[at]))
             seqs.append(_text(reply[at + 1]))
             probing.append(_text(reply[at + 2]) == "1")
-            self._mirror(request.key, reply[at + 3 : at + 12], base)
+            self._mirror(request.key, reply[at + 3 : at + 12], base, granted=True)
         grant = _Grant(tuple(requests), tuple(probing), tuple(marks))
         self._held[id(grant)] = _Held(grant, tuple(seqs))
         return grant

@@ -123,7 +123,8 @@ async def test_a_429_seen_by_one_worker_pauses_the_bucket_for_all(views: Any) ->
             early.sending()
         assert info.value.local
     sent = await call(second)
-    assert sent >= paused_at + 0.5
+    # The pause runs from the answer, which came a release round trip before paused_at.
+    assert sent >= paused_at + 0.5 - 0.05
 
 
 async def test_a_release_in_another_worker_wakes_the_waiter_at_once(views: Any) -> None:
