@@ -362,6 +362,7 @@ class RedisBackend:
 
     async def _listen(self) -> None:
         """Receive wake-ups, pauses and new epochs published by other processes."""
+        failing = False
         while not self._closed:
             if isinstance(self._redis, aioredis.RedisCluster):
                 try:
@@ -380,6 +381,7 @@ class RedisBackend:
                         continue
                     if message["type"] == "subscribe":
                         self._listening = True
+                        failing = False
                         if self._subscribed is not None:
                             self._subscribed.set()
                         # Anything published before now was missed: every head looks
@@ -391,8 +393,10 @@ class RedisBackend:
                         if self._on_message(data):
                             await self._check_epoch()
             except _UNREACHABLE as exc:
-                self._listening = False
-                _logger.warning("Redis wake-up channel lost (%s); resubscribing", exc)
+                # Once per outage: a Redis down for an hour would log every second.
+                log = _logger.debug if failing else _logger.warning
+                log("Redis wake-up channel lost (%s); resubscribing", exc)
+                failing = True
                 await anyio.sleep(min(self._recheck, 1.0))
             finally:
                 self._listening = False
@@ -408,6 +412,8 @@ class RedisBackend:
             await self._run("CHECK", (), list)
         except _UNREACHABLE as exc:
             _logger.debug("epoch check failed: %s", exc)
+        except redis_errors.RedisError as exc:  # the listener must live on
+            _logger.warning("epoch check failed: %s", exc)
 
     def _on_message(self, data: str) -> bool:
         """Act on one message; true when it announces an epoch this process lacks."""
