@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,7 +55,9 @@ class RedisProcess:
     def start(self) -> RedisProcess:
         """Start it (empty) and wait until it answers."""
         argv = [binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--save", "", "--appendonly", "no", *self.options]
+        # Its own folder: a replica's full sync writes dump.rdb there, not in the checkout.
+        folder = tempfile.mkdtemp(prefix="redis-test-")
+        argv += ["--save", "", "--appendonly", "no", "--dir", folder, *self.options]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not _pong(self.port):
