@@ -209,6 +209,11 @@ class RedisBackend:
             flight: it looks again after that long should a wake-up message be
             lost (pub/sub delivers at most once, e.g. across a reconnection).
         timeout: socket timeout of the client built from a URL.
+        replicas: after each grant, wait (``WAIT``, at most half of ``timeout``) until
+            this many replicas hold it, else give the slot back and take Redis
+            as unreachable. With Sentinel or a managed failover, a replica then
+            promoted has every grant any worker used; ``0`` (default) does not
+            wait. Not for Redis Cluster clients.
 
     .. versionadded:: 0.1.0
     """
@@ -227,6 +232,7 @@ class RedisBackend:
         idle_ttl: float = 3600.0,
         recheck: float = 5.0,
         timeout: float = 2.0,
+        replicas: int = 0,
     ) -> None:
         if fail_mode not in ("closed", "local"):
             raise ValueError(f"fail_mode must be 'closed' or 'local', got {fail_mode!r}")
@@ -234,6 +240,12 @@ class RedisBackend:
             raise ValueError(f"workers must be at least 1, got {workers!r}")
         if not lease > 0 or idle_ttl < 0 or not recheck > 0:
             raise ValueError("lease and recheck must be positive, idle_ttl not negative")
+        if replicas < 0:
+            raise ValueError(f"replicas must not be negative, got {replicas!r}")
+        if replicas and isinstance(redis, aioredis.RedisCluster):
+            raise ValueError("replicas= needs one primary (Redis or Sentinel), not a cluster")
+        self._replicas = replicas
+        self._wait_ms = max(1, int(timeout * 500))  # half the socket timeout: WAIT answers first
         self._redis: Any
         if isinstance(redis, str):
             # A blocking pool: past its size, a call waits for a connection. redis-py's
@@ -601,14 +613,41 @@ class RedisBackend:
     ) -> list[Any]:
         script = self._scripts[name]
         keys = self._keys_of(requests)
+        durable = self._replicas and name == "ACQUIRE"
         for _ in range(5):
-            reply = await script(keys=keys, args=[*self._common(), *build()])
+            args = [*self._common(), *build()]
+            if durable:
+                reply = await self._durable(script, keys, args, requests)
+            else:
+                reply = await script(keys=keys, args=args)
             if _text(reply[0]) == "E":
                 await self._adopt(_text(reply[1]))
                 continue
             self._tick = max(self._tick, int(reply[0]))
             return list(reply[1:])
         raise redis_errors.ConnectionError("the governor's epoch in Redis keeps changing")
+
+    async def _durable(
+        self, script: Any, keys: list[str], args: list[str], requests: Sequence[_SlotRequest]
+    ) -> Any:
+        """ACQUIRE, then ``WAIT`` on the same connection: a grant no replica holds
+        yet is given back, and Redis reads as unreachable."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await script(keys=keys, args=args, client=pipe)
+            pipe.wait(self._replicas, self._wait_ms)
+            reply, acked = await pipe.execute()
+        if _text(reply[0]) == "E" or _text(reply[1]) != "g" or acked >= self._replicas:
+            return reply
+        release = ["", "", "", "", "", "", str(len(requests))]
+        for i, request in enumerate(requests):
+            at = 2 + 12 * i
+            mark, seq, probing = _text(reply[at]), _text(reply[at + 1]), _text(reply[at + 2])
+            release += [*self._request_args(request), seq, mark, probing]
+        await self._scripts["RELEASE"](keys=keys, args=[*self._common(), *release])
+        raise redis_errors.ConnectionError(
+            f"{acked} of {self._replicas} replicas acknowledged the grant within "
+            f"{self._wait_ms} ms; slot given back"
+        )
 
     def _lock(self) -> asyncio.Lock:
         if self._epoch_lock is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import time
@@ -301,3 +302,55 @@ async def test_under_allkeys_lru_evicted_state_never_lets_a_window_overflow() ->
             assert last - first >= hold - 0.02, "a span of one hold got more than the limit"
     finally:
         server.stop()
+
+
+# -- replicas= (WAIT) -------------------------------------------------------------------
+
+
+async def test_with_replicas_a_grant_no_replica_holds_is_given_back() -> None:
+    """``replicas=1``: a slot is used only once a replica has it, so a failover to that
+    replica cannot lose it; with the replica frozen, the grant is refused and freed."""
+    primary = RedisProcess().start()
+    replica = RedisProcess(None, "--replicaof", "127.0.0.1", str(primary.port))
+    try:
+        replica.start()
+        link = redis.Redis(port=replica.port)
+        await anyio.to_thread.run_sync(
+            lambda: wait_for(
+                lambda: link.info("replication").get("master_link_status") == "up", "replication"
+            )
+        )
+        link.close()
+        prefix = f"r{os.urandom(3).hex()}"
+        bucket = [SlotRequest("fp/b", 1)]
+        async with RedisBackend(primary.url, prefix=prefix, replicas=1, timeout=0.3) as durable:
+            await durable.ready(bucket)  # starts the epoch before another worker listens
+            plain = RedisBackend(primary.url, prefix=prefix)
+            grant = await durable.acquire(bucket)
+            assert isinstance(grant, Grant)
+            async with aioredis.Redis(port=replica.port) as on_replica:
+                assert 1 == await on_replica.zcard(durable._name("fp/b") + ":o")
+            await durable.release(grant, end=None)
+            assert replica.process is not None
+            os.kill(replica.process.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(RedisUnavailableError, match="replicas acknowledged"):
+                    await durable.acquire(bucket)
+                # Given back: another worker finds the slot free.
+                granted = await plain.acquire(bucket)
+                assert isinstance(granted, Grant)
+                await plain.release(granted, end=None)
+            finally:
+                os.kill(replica.process.pid, signal.SIGCONT)
+            assert isinstance(await durable.acquire(bucket), Grant)
+            await plain.aclose()
+    finally:
+        replica.stop()
+        primary.stop()
+
+
+def test_replicas_is_refused_for_a_cluster_client() -> None:
+    """WAIT counts one primary's replicas: a cluster client is refused at once."""
+    client = aioredis.RedisCluster(host="127.0.0.1", port=free_port())
+    with pytest.raises(ValueError, match="not a cluster"):
+        RedisBackend(client, replicas=1)
