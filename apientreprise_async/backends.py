@@ -394,7 +394,18 @@ class _Bucket:
         return False, mark
 
     def learn(self, request: SlotRequest, feedback: Feedback, now: float, mark: int) -> Learned:
-        """Take an answer's headers into account (this call's slot still open)."""
+        """Take an answer's headers into account (this call's slot still open).
+
+        A nonsense limit (0, negative, absurd) is never adopted, since a limit
+        of 0 would block the bucket for good: the bucket pauses until the
+        answer's reset, at most :data:`_MAX_RESET` away, and keeps its limit.
+        """
+        if _nonsense_limit(feedback.limit):
+            until = _nonsense_pause(request.key, feedback, now)
+            if until > self.paused:
+                self.paused = until
+            return Learned.SAME
+        feedback = _bounded_reset(request.key, feedback, now)
         op = request.op
         outcome = Learned.SAME
         limit = feedback.limit
@@ -706,19 +717,16 @@ class InMemoryBackend:
             bucket = self._buckets[request.key]
             occupied = end
             if index == 0 and feedback is not None:
-                if _nonsense_limit(feedback.limit):
-                    # Never adopted: a limit of 0 would block the bucket for good. Its
-                    # reset shortens no occupancy either: the answer means nothing.
-                    until = _nonsense_pause(request.key, feedback, now)
-                    if until > bucket.paused:
-                        bucket.paused = until
-                        self._paused_any = max(self._paused_any, until)
-                else:
-                    feedback = _bounded_reset(request.key, feedback, now)
-                    learned = bucket.learn(request, feedback, now, grant.marks[0])
-                    if end is not None and feedback.reset_at < end:
-                        # The window that counted the call ends then: so does its occupancy.
-                        occupied = feedback.reset_at
+                learned = bucket.learn(request, feedback, now, grant.marks[0])
+                if bucket.paused > self._paused_any:
+                    self._paused_any = bucket.paused  # a nonsense limit pauses (see learn)
+                if (
+                    end is not None
+                    and feedback.reset_at < end
+                    and not _nonsense_limit(feedback.limit)
+                ):
+                    # The window that counted the call ends then: so does its occupancy.
+                    occupied = feedback.reset_at
             if grant.probing[index] and request.op is not None:
                 # Without an answer showing the limit, the next call probes again.
                 bucket.probing.discard(request.op)

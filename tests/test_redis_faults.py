@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +24,7 @@ import redis.asyncio as aioredis
 from apientreprise_async import AsyncClient, Governor, Limits
 from apientreprise_async._errors import ApiEntrepriseError, ApiError
 from apientreprise_async.backends import Feedback, Grant, InMemoryBackend, SlotRequest
+from apientreprise_async.host import HostBackend
 from apientreprise_async.redis import RedisBackend, RedisUnavailableError
 from apientreprise_async.testing import Emulator
 
@@ -215,17 +217,22 @@ async def test_a_new_worker_after_a_flush_waits_for_the_others_to_write_back(
 # -- nonsense from the server -----------------------------------------------------------
 
 
-async def backends(server: RedisProcess) -> list[Any]:
-    return [InMemoryBackend(), RedisBackend(server.url, prefix=f"n{os.urandom(3).hex()}")]
+async def backends(server: RedisProcess, folder: pathlib.Path) -> list[Any]:
+    """The three built-in backends: in memory, on the host (SQLite), in Redis."""
+    return [
+        InMemoryBackend(),
+        HostBackend(folder),
+        RedisBackend(server.url, prefix=f"n{os.urandom(3).hex()}"),
+    ]
 
 
 @pytest.mark.parametrize("limit", [0, -5, 10**12])
 async def test_a_nonsense_limit_pauses_until_its_reset_then_recovers(
-    server: RedisProcess, limit: int, caplog: pytest.LogCaptureFixture
+    server: RedisProcess, limit: int, caplog: pytest.LogCaptureFixture, tmp_path: pathlib.Path
 ) -> None:
     """RateLimit-Limit 0, negative or absurd: a pause until the reset, a log line, then calls."""
     caplog.set_level(logging.WARNING)
-    for backend in await backends(server):
+    for backend in await backends(server, tmp_path):
         request = [SlotRequest("fp/b", 5, "op"), SlotRequest("ip", 100)]
         grant = await backend.acquire(request)
         assert isinstance(grant, Grant)
@@ -245,9 +252,11 @@ async def test_a_nonsense_limit_pauses_until_its_reset_then_recovers(
     assert f"RateLimit-Limit {limit}, which means nothing" in caplog.text
 
 
-async def test_a_reset_far_in_the_future_is_bounded(server: RedisProcess) -> None:
-    """A Reset a year away holds a bucket at most an hour (as Retry-After), in both backends."""
-    for backend in await backends(server):
+async def test_a_reset_far_in_the_future_is_bounded(
+    server: RedisProcess, tmp_path: pathlib.Path
+) -> None:
+    """A Reset a year away holds a bucket at most an hour (as Retry-After), in every backend."""
+    for backend in await backends(server, tmp_path):
         request = [SlotRequest("fp/b", 5, "op")]
         grant = await backend.acquire(request)
         assert isinstance(grant, Grant)
