@@ -58,6 +58,11 @@ than the limit whatever Redis forgets:
    share a window with it is recorded again: the invariant of the in-memory
    backend (never ``limit + 1`` occupancies overlapping) holds across the loss.
 
+A replica promoted after missing writes is a consistent older state: only a
+process that saw the newer writes can tell (its tick is ahead). With
+``replicas=n`` no grant is used before ``n`` replicas hold it (``WAIT`` on the
+connection that granted it), so a failover to one of them loses none.
+
 A process that never saw an epoch (a new worker) cannot tell a new Redis from
 an emptied one. If no other process listens on the prefix, it takes the Redis
 as new; if some do, the new epoch waits half a second for them to say that
