@@ -212,13 +212,12 @@ local function ready(b, op, probe)
     local left = b.cap_left
     if left <= 0 then
       if b.cap_until > when then when = b.cap_until end
-    elseif b.open > 0 then
-      local endgame = b.limit * 0.05 + 1
-      if b.outside == 1 then endgame = endgame + b.out_burst end
+    elseif b.open > 0 and b.outside == 1 then
+      -- Others use the token: the window's last slots may be theirs already.
+      local endgame = b.limit * 0.05 + 1 + b.out_burst
       local age = now - b.cap_at
       -- Others may have called since the answer that set the cap.
-      local stale = 0
-      if b.outside == 1 then stale = rate(b) * age end
+      local stale = rate(b) * age
       if b.out_span > 0 and age > 0.05 * b.out_span and endgame > stale then
         stale = endgame  -- too old a word: ask again first
       end
@@ -409,7 +408,9 @@ return out
 
 #: ARGV: end delta ('' if unsent), feedback ('' or limit), remaining, reset
 #: delta, opened delta ('' unknown), counted-from delta ('' unknown), n, then
-#: per request: limit, op, probe, seq, mark, probing. Returns the tick, what the
+#: per request: limit, op, probe, seq, mark, probing, then the first request's
+#: limit if the user set it (a ceiling), else ''. The first request's slot is
+#: occupied until the reset when that comes before the end. Returns the tick, what the
 #: answer taught ('', 'same', 'adopted', 'foreign'), then per request '1' if a
 #: waiter was flagged and woken by a message, else '0'.
 RELEASE = (
@@ -428,22 +429,32 @@ for i = 1, n do
 end
 local learned = ''
 local woke = {}
+-- The first request's limit when the user set it: a ceiling the server may not raise.
+local ceiling = tonumber(ARGV[P + 8 + 6 * n] or '')
 for i = 1, n do
   local base = P + 7 + 6 * (i - 1)
   local op, probe = ARGV[base + 2], ARGV[base + 3] == '1'
   local seq, mark, probing = ARGV[base + 4], tonumber(ARGV[base + 5]), ARGV[base + 6] == '1'
   local b = bs[i]
+  local occupied = nil
+  if end_delta ~= '' then occupied = now + tonumber(end_delta) end
   if i == 1 and has_fb then
     local limit, remaining = tonumber(ARGV[P + 2]), tonumber(ARGV[P + 3])
     local reset = now + tonumber(ARGV[P + 4])
+    if occupied and reset < occupied then
+      -- The window that counted the call ends then: so does its occupancy.
+      occupied = reset
+    end
+    local own = limit
+    if ceiling and own > ceiling then own = ceiling end
     learned = 'same'
     local foreign = false
-    if op ~= '' and limit ~= b.limit then
+    if op ~= '' and own ~= b.limit then
       if b.confirmed == 1 and b.kn > 0 and redis.call('HEXISTS', b.h, 'k:' .. op) == 0 then
         learned = 'foreign'
         foreign = true
       else
-        b.limit = math.max(limit, 1)
+        b.limit = math.max(own, 1)
         learned = 'adopted'
       end
     end
@@ -461,9 +472,12 @@ for i = 1, n do
       if ARGV[P + 5] ~= '' then opened = now + tonumber(ARGV[P + 5]) end
       if ARGV[P + 6] ~= '' then counted_from = fmt(now + tonumber(ARGV[P + 6])) end
       watch(b, limit, remaining, reset, opened, counted_from)
-      -- Calls open at this one's grant, or granted since, may reach the server after it.
-      local granted = tonumber(redis.call('HGET', b.h, 'granted') or 0)
-      cap(b, remaining, reset, granted - 1 - mark)
+      if b.outside == 1 or remaining < 0 then
+        -- Calls open at this one's grant, or granted since, may reach the server after it.
+        local granted = tonumber(redis.call('HGET', b.h, 'granted') or 0)
+        cap(b, remaining, reset, granted - 1 - mark)
+      end
+      -- Otherwise every call the window counted is ours and holds a slot until it ends.
     end
   end
   if probing and op ~= '' then
@@ -477,7 +491,7 @@ for i = 1, n do
       redis.call('HSET', b.h, 'cap_left', int(b.cap_left))
     end
   else
-    add_end(b, now + tonumber(end_delta), seq)
+    add_end(b, occupied, seq)
   end
   -- Wake waiters elsewhere only when it can help them: one waits for a
   -- release, a slot was freed for one waiting for a time, or the limit moved.

@@ -1039,6 +1039,8 @@ class RedisBackend:
                 grant.requests, held.seqs, grant.marks, grant.probing, strict=True
             ):
                 args += (*self._request_args(request), seq, str(mark), "1" if probing else "0")
+            first = grant.requests[0]
+            args.append(str(first.limit) if first.ceiling else "")
             return args
 
         reply = await self._run("RELEASE", grant.requests, build)

@@ -80,9 +80,8 @@ async def call(gov: Governor, *, token: str = "fp", status: int = 200, **answer:
 
 async def test_redis_backend_conforms(views: Any) -> None:
     """The shared conformance suite, each check on views of one Redis."""
-    # Issue 20's window-end rule reaches the Lua scripts in a change of its own.
-    names = await check_backend(views, tolerance=0.05, skip=("occupied_until_window_end",))
-    assert 12 == len(names)
+    names = await check_backend(views, tolerance=0.05)
+    assert 13 == len(names)
 
 
 async def test_keys_name_no_token_carry_the_prefix_and_expire(redis_url: str) -> None:

@@ -107,7 +107,7 @@ def test_four_workers_on_redis_stay_under_the_limit_with_full_throughput(
             url, "redis", redis=redis_url, prefix=os.urandom(4).hex(), calls=calls
         )
     statuses = sum((Counter(r["statuses"]) for r in reports), Counter[str]())
-    busiest = emulator.max_calls_in_any_window(token=TOKEN)
+    busiest = emulator.max_calls_in_a_window(token=TOKEN)
     ratio = throughput(emulator)
     rejected = len(emulator.calls(token=TOKEN, status=429))
     report(

@@ -31,9 +31,6 @@ from ._redis_server import RedisProcess, binary, free_port
 
 pytestmark = pytest.mark.anyio
 
-#: Issue 20's window-end rule reaches the Lua scripts in a change of its own.
-SKIP = ("occupied_until_window_end",)
-
 
 @pytest.fixture
 def anyio_backend() -> Any:
@@ -132,8 +129,8 @@ async def test_on_a_three_node_cluster_the_backend_conforms(
     """Every script's keys share one slot (the prefix is a hash tag): the suite passes."""
     made: list[RedisBackend] = []
     try:
-        names = await check_backend(await views(cluster_client, made), tolerance=0.05, skip=SKIP)
-        assert 12 == len(names)
+        names = await check_backend(await views(cluster_client, made), tolerance=0.05)
+        assert 13 == len(names)
         slots = {cluster_client.keyslot(name) for name in made[-1]._names.values()}
         slots.add(cluster_client.keyslot(made[-1]._epoch_key))
         assert 1 == len(slots)
@@ -226,7 +223,7 @@ async def test_through_sentinel_the_backend_conforms_before_and_after_a_failover
     made: list[RedisBackend] = []
     try:
         make = await views(client, made, timeout=0.5)
-        assert 12 == len(await check_backend(make, tolerance=0.05, skip=SKIP))
+        assert 13 == len(await check_backend(make, tolerance=0.05))
         worker = make()
         bucket = [SlotRequest("fp/failover", 2)]
         for _ in range(2):
@@ -254,7 +251,7 @@ async def test_through_sentinel_the_backend_conforms_before_and_after_a_failover
         assert not isinstance(await make().acquire(bucket), Grant)
         for attempt in range(3):
             try:
-                assert 12 == len(await check_backend(make, tolerance=0.05, skip=SKIP))
+                assert 13 == len(await check_backend(make, tolerance=0.05))
                 break
             except RedisUnavailableError:
                 # The sentinel may still be reconfiguring the old primary's replicas.
