@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -254,3 +255,16 @@ def test_options_are_validated() -> None:
     with pytest.raises(ValueError, match="workers"):
         RedisBackend("redis://localhost", workers=0)
     assert "asyncio" in ASYNCIO_ONLY
+
+
+async def test_a_limit_the_user_set_is_a_ceiling_in_redis(views: Any) -> None:
+    """Configured 2, the server says 250: a third call in the period still waits."""
+    first, second = governor(views(), 2), governor(views(), 2)
+    reset = f"{time.time() + 10 * PERIOD:.6f}"
+    answer = {"ratelimit-limit": "250", "ratelimit-remaining": "248", "ratelimit-reset": reset}
+    await call(first, **answer)
+    await call(second, **answer)
+    with pytest.raises(RateLimitError) as info:
+        async with first.permit("fp", JSON, max_wait=0.0):
+            pass
+    assert info.value.local
