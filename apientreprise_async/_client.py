@@ -62,7 +62,7 @@ from ._identifiers import (
     validate_traceability,
 )
 from ._maintenance import maintenance_remaining
-from ._request import RequestBuilder
+from ._request import CookielessAsyncClient, RequestBuilder
 from ._response import Response, parse_rate_limit
 from ._retry import Attempt, RetryPolicy, annotate, describe
 from ._telemetry import Stats, StatsCollector, Telemetry
@@ -260,6 +260,24 @@ async def _read_within(answer: httpx.Response, max_size: int, url: str, op_id: s
     if announced is not None and announced > max_size:
         raise _Oversized(
             f"the answer announces {announced:,} bytes; the limit is {max_size:,} (SizeLimits)",
+            url=url,
+            operation_id=op_id,
+        )
+    if announced is not None and answer.headers.get("content-encoding", "identity") == "identity":
+        # Not compressed, and the HTTP framing (h11, h2) never gives more than the
+        # announced length: the body fits, read it the ordinary way (no scope).
+        try:
+            await answer.aread()
+        except httpx.HTTPError as exc:
+            raise TransportError(
+                f"the answer broke off: {type(exc).__name__} on {answer.request.url.path}",
+                url=url,
+                operation_id=op_id,
+            ) from _scrubbed(exc)
+        if len(answer.content) <= max_size:
+            return
+        raise _Oversized(  # a transport without framing checks (in process) sent more
+            f"the answer exceeds the limit of {max_size:,} bytes (SizeLimits)",
             url=url,
             operation_id=op_id,
         )
@@ -472,7 +490,7 @@ class AsyncClient(Resources):
             governor = Governor(limits) if limits is not None else default_governor()
         owns_http = http_client is None
         if http_client is None:
-            http_client = httpx.AsyncClient(
+            http_client = CookielessAsyncClient(
                 transport=transport,
                 verify=verify,
                 timeout=httpx.Timeout(settings.timeouts.json, connect=settings.timeouts.connect),
@@ -1501,8 +1519,9 @@ class AsyncClient(Resources):
             try:
                 await _read_within(answer, max_size, url, op_id)
             finally:
-                with anyio.CancelScope(shield=True):
-                    await answer.aclose()
+                if not answer.is_closed:  # a body read to its end closed it already
+                    with anyio.CancelScope(shield=True):
+                        await answer.aclose()
         if scope.cancelled_caught:
             if answer is None:
                 self._log(request, None, started, None)

@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-__all__ = ["RequestBuilder"]
+__all__ = ["CookielessAsyncClient", "RequestBuilder"]
 
 # Characters a path may hold as they are (identifiers, versions, slashes).
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9/_.\-]*")
@@ -43,6 +43,38 @@ try:
     ) and _probe == _url(("https", "", "example.test", 8443, "/a/b", "x=1&y=%C3%A9"))
 except Exception:  # another httpx: its own path, always correct
     _AVAILABLE = False
+
+
+class _NoCookies(httpx.Cookies):
+    """A jar that keeps nothing: answers' ``Set-Cookie`` headers are not stored."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Keep nothing (and skip httpx's urllib round trip, paid on every answer)."""
+
+    def set(self, name: str, value: str, domain: str = "", path: str = "/") -> None:
+        """Keep nothing."""
+
+
+class CookielessAsyncClient(httpx.AsyncClient):
+    """The connection pool the client makes for itself: it keeps no cookies.
+
+    API Entreprise authenticates each request by its token and sets no
+    cookie. The pool is shared by ``with_options`` copies, which may carry
+    other tokens: a cookie one answer set would travel with another token's
+    calls. So none is kept.
+    """
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        """Always empty."""
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        pass
+
+
+_NO_COOKIES = _NoCookies()
 
 
 class RequestBuilder:

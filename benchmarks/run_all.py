@@ -64,28 +64,39 @@ def _e2e(periods: int, repeats: int) -> dict[str, Any]:
     return chosen
 
 
-def run(quick: bool) -> dict[str, Any]:
-    """All four sections."""
+SECTIONS = ("overhead", "structure", "scaling", "e2e")
+
+
+def run(quick: bool, only: frozenset[str] = frozenset(SECTIONS)) -> dict[str, Any]:
+    """The sections in ``only``; the others are kept from the last ``results.json``."""
     started = time.monotonic()
-    results: dict[str, Any] = {
-        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "versions": _versions(),
-    }
-    print("overhead ...", flush=True)
-    results["overhead"] = asyncio.run(
-        bench_overhead.measure(rounds=7 if quick else 21, per_round=100 if quick else 200)
-    )
-    print("structuring ...", flush=True)
-    results["structure"] = bench_structure.measure(rounds=3 if quick else 9)
-    print("scaling ...", flush=True)
-    results["scaling"] = {
-        "buckets": bench_scaling.buckets(rounds=1 if quick else 3),
-        "waiters": bench_scaling.waiters(
-            rounds=1 if quick else 3, largest=10_000 if quick else 100_000
-        ),
-    }
-    print("end to end ...", flush=True)
-    results["e2e"] = _e2e(periods=10 if quick else 12, repeats=1 if quick else 3)
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    results: dict[str, Any] = {}
+    if only != frozenset(SECTIONS):
+        results = json.loads((HERE / "results.json").read_text())
+    measured = results.setdefault("measured", dict.fromkeys(SECTIONS, results.get("when")))
+    results["when"] = now
+    results["versions"] = _versions()
+    if "overhead" in only:
+        print("overhead ...", flush=True)
+        results["overhead"] = asyncio.run(
+            bench_overhead.measure(rounds=7 if quick else 21, per_round=100 if quick else 200)
+        )
+    if "structure" in only:
+        print("structuring ...", flush=True)
+        results["structure"] = bench_structure.measure(rounds=3 if quick else 9)
+    if "scaling" in only:
+        print("scaling ...", flush=True)
+        results["scaling"] = {
+            "buckets": bench_scaling.buckets(rounds=1 if quick else 3),
+            "waiters": bench_scaling.waiters(
+                rounds=1 if quick else 3, largest=10_000 if quick else 100_000
+            ),
+        }
+    if "e2e" in only:
+        print("end to end ...", flush=True)
+        results["e2e"] = _e2e(periods=10 if quick else 12, repeats=1 if quick else 3)
+    measured.update(dict.fromkeys(only, now))
     results["seconds"] = time.monotonic() - started
     return results
 
@@ -110,6 +121,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['seconds']:.0f} s. Versions: "
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
         + ". See README.md for the method and the discussion.",
+        "",
+        "Sections measured at: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(results.get("measured", {}).items()))
+        + " (`run_all.py --only` reruns some and keeps the others).",
         "",
         "## Per-call overhead vs a bare httpx.AsyncClient loop (target <= 1.3x)",
         "",
@@ -285,8 +300,17 @@ def chart(results: dict[str, Any], path: pathlib.Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help="comma-separated sections to measure again (others kept from results.json): "
+        + ", ".join(SECTIONS),
+    )
     args = parser.parse_args()
-    results = run(args.quick)
+    only = frozenset(part.strip() for part in args.only.split(",") if part.strip())
+    if not only <= set(SECTIONS):
+        parser.error(f"--only: choose among {', '.join(SECTIONS)}")
+    results = run(args.quick, only)
     (HERE / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     report = markdown(results)
     (HERE / "RESULTS.md").write_text(report)

@@ -131,3 +131,29 @@ async def test_with_options_on_another_base_url_sends_there() -> None:
             with pytest.raises(NotFoundError):
                 await target.insee.unites_legales("418166096")
     assert ["ailleurs.test", "entreprise.api.gouv.fr"] == seen
+
+
+async def test_the_clients_own_pool_keeps_no_cookie_between_tokens() -> None:
+    """A Set-Cookie answered to one token's call never travels with another token's call."""
+    seen: list[str | None] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        return httpx.Response(
+            404, json={"errors": []}, headers={"Set-Cookie": "session=a1; Path=/"}
+        )
+
+    async with AsyncClient(
+        TOKEN,
+        transport=httpx.MockTransport(handle),
+        recipient=RECIPIENT,
+        context="c",
+        object="o",
+        check_maintenance=False,
+    ) as client:
+        other = client.with_options(token=TOKEN + "x")
+        for target in (client, other, client):
+            with pytest.raises(NotFoundError):
+                await target.insee.unites_legales("418166096")
+        assert 0 == len(client._http.cookies.jar)
+    assert [None, None, None] == seen
