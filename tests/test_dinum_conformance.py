@@ -209,9 +209,13 @@ async def test_s3_1_a_failing_strategy_is_an_authentication_error_without_http()
 
     wire = Wire()
     async with client(wire, token=None, auth=Vault()) as c:
-        with pytest.raises(AuthenticationError):
+        with pytest.raises(AuthenticationError) as info:
             await c.get(PATH)
     assert [] == wire.requests
+    # Departure (README): the strategy's own message is chained, not repeated.
+    assert "vault sealed" not in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert "vault sealed" == str(info.value.__cause__)
 
 
 async def test_s3_1_token_argument_is_sugar_for_bearer_token() -> None:
