@@ -168,7 +168,7 @@ def resolve_base_url(
     name = environment or env.get("API_ENTREPRISE_ENV") or "production"
     name = name.strip().lower()
     if name not in ENVIRONMENTS and not (base_url or env.get("API_ENTREPRISE_BASE_URL")):
-        raise ValueError(f"environment: {name!r} is not one of {sorted(ENVIRONMENTS)}")
+        raise ValueError(f"environment must be one of {sorted(ENVIRONMENTS)}; got {name!r}")
     url = base_url or env.get("API_ENTREPRISE_BASE_URL") or ENVIRONMENTS[name]
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"base_url: {url!r} must start with http:// or https://")
