@@ -32,6 +32,7 @@ import fcntl
 import logging
 import math
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -245,7 +246,21 @@ class DefaultBackend(InMemoryBackend):
                 directory,
             )
             return
-        self._go_shared()
+        try:
+            self._go_shared()
+        except (OSError, sqlite3.Error) as exc:
+            # Siblings exist but the store cannot be used (disk full, a foreign file):
+            # say so loudly; this process keeps its own limits.
+            self._set_solo()
+            _logger.error(
+                "governor: %d other process(es) of this host use it, but the store in %s "
+                "cannot be used (%s): this process keeps the limits to itself, so together "
+                "they could pass them",
+                len(others),
+                directory,
+                exc,
+            )
+            return
         self._pending = [name for name in others if not membership.is_shared(name)]
         self._pending_until = time.monotonic() + _JOIN_WAIT
         for name in self._pending:
@@ -305,8 +320,6 @@ class DefaultBackend(InMemoryBackend):
 
     def _replay(self, host: _host.HostBackend, db: object, now: float, offset: float) -> None:
         """Write every bucket of memory into the store: its calls count there from now on."""
-        import sqlite3
-
         assert isinstance(db, sqlite3.Connection)
         if not self._buckets:
             return

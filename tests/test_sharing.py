@@ -159,3 +159,34 @@ def test_the_fastapi_lifespan_uses_the_sharing_default() -> None:
     backend = anyio.run(main, backend="asyncio")
     assert backend is default_backend()
     assert isinstance(backend, DefaultBackend)
+
+
+def test_an_unusable_store_is_said_loudly(runtime: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A sibling is there but the store cannot be opened: memory, and an ERROR saying why."""
+    (runtime / "governor.sqlite3").mkdir(parents=True)  # a directory where the file goes
+    sibling = subprocess.Popen(
+        [sys.executable, "-c", _SIBLING],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    backend = new_default_backend()
+
+    async def main() -> None:
+        assert sibling.stdout is not None
+        assert "alone" == sibling.stdout.readline().strip()
+        assert isinstance(await backend.acquire(REQUESTS), Grant)
+
+    try:
+        with caplog.at_level(logging.INFO, logger="apientreprise_async.governor"):
+            anyio.run(main, backend="asyncio")
+    finally:
+        backend.clear()
+        sibling.kill()
+        sibling.communicate()
+    assert not backend.shared
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors
+    assert "cannot be used" in errors[0].getMessage()
