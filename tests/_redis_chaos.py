@@ -105,6 +105,9 @@ def run_chaos(
                 argv += ["--period", str(period), "--ip", str(ip_limit)]
                 argv += ["--fail-mode", fail_mode, "--recheck", str(period / 2)]
                 argv += ["--timeout", "1.0", "--deadline", str(periods * period * 6 + 10)]
+                # Failing closed, a refused call is tried again a quarter period later (as
+                # an application would), for up to ten periods: the run then spans the faults.
+                argv += ["--retry-refused", "40"]
                 processes.append(
                     subprocess.Popen(
                         argv,

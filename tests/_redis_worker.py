@@ -20,6 +20,7 @@ import anyio
 from apientreprise_async import AsyncClient, Governor, Limits, Timeouts
 from apientreprise_async._errors import ApiEntrepriseError, ApiError, TransportError
 from apientreprise_async.backends import GovernorBackend, InMemoryBackend
+from apientreprise_async.redis import RedisUnavailableError
 
 OP = "api_entreprise_v4_insee_unites_legales"
 RECIPIENT = "13002526500013"
@@ -70,19 +71,32 @@ async def work(args: argparse.Namespace) -> dict[str, Any]:
         numbers = iter(range(args.index * 1_000_000, (args.index + 1) * 1_000_000))
         left = args.calls
 
-        async def task() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
+        async def one(number: int) -> None:
+            for attempt in range(args.retry_refused + 1):
                 try:
-                    await client.call(OP, siren=siren(next(numbers)))
+                    await client.call(OP, siren=siren(number))
                     statuses["200"] += 1
                 except ApiError as exc:
                     statuses[str(exc.http_status or "local")] += 1
                 except TransportError:
                     statuses["no answer"] += 1  # a banned IP: the server stays silent
+                except RedisUnavailableError:
+                    # Refused before sending (fail closed): as an application would, try
+                    # again a little later, up to --retry-refused times.
+                    if attempt == args.retry_refused:
+                        statuses["RedisUnavailableError"] += 1
+                    else:
+                        await anyio.sleep(args.period / 4)
+                        continue
                 except ApiEntrepriseError as exc:
                     statuses[type(exc).__name__] += 1
+                return
+
+        async def task() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await one(next(numbers))
 
         with anyio.move_on_after(args.deadline):
             async with anyio.create_task_group() as tg:
@@ -121,6 +135,7 @@ def main() -> None:
     parser.add_argument("--ip", type=int, default=1000)
     parser.add_argument("--fail-mode", choices=["closed", "local"], default="closed")
     parser.add_argument("--recheck", type=float, default=5.0)
+    parser.add_argument("--retry-refused", type=int, default=0)
     result = anyio.run(work, parser.parse_args(), backend="asyncio")
     print(json.dumps(result), flush=True)
 
