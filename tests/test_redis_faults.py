@@ -22,12 +22,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from apientreprise_async import AsyncClient, Governor, Limits
-from apientreprise_async._errors import ApiEntrepriseError, ApiError
+from apientreprise_async._errors import ApiEntrepriseError, ApiError, RateLimitError
 from apientreprise_async.backends import Feedback, Grant, InMemoryBackend, SlotRequest
 from apientreprise_async.host import HostBackend
 from apientreprise_async.redis import RedisBackend, RedisUnavailableError
 from apientreprise_async.testing import Emulator
 
+from ._fake_throttle import json_endpoint
 from ._redis_server import RedisProcess
 from ._redis_worker import siren
 from .conftest import RECIPIENT, TOKEN
@@ -273,5 +274,49 @@ async def test_a_reset_far_in_the_future_is_bounded(
         (ready,) = await backend.ready([SlotRequest("fp/c", 5, "op")])
         assert ready is not None
         assert ready <= now + 3600 + 1
+        if isinstance(backend, RedisBackend):
+            await backend.aclose()
+
+
+@pytest.mark.parametrize("kind", ["memory", "host", "redis"])
+async def test_an_answer_saying_limit_zero_never_blocks_a_governor(
+    server: RedisProcess, tmp_path: pathlib.Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The review's case, through the governor: one answer with ``RateLimit-Limit: 0`` used
+    to hang every later call (no ``max_wait``) and tell ``max_wait`` callers to retry in about
+    a second, forever. Now: a pause until the reset, the true wait told, then calls again."""
+    caplog.set_level(logging.WARNING)
+    backend: Any = {
+        "memory": InMemoryBackend,
+        "host": lambda: HostBackend(tmp_path),
+        "redis": lambda: RedisBackend(server.url, prefix=f"z{os.urandom(3).hex()}"),
+    }[kind]()
+    limits = Limits(groups={"json_resources_entreprise": 5}, period=0.3, slow_start=False)
+    gov = Governor(limits, backend=backend)
+    endpoint = json_endpoint("op_a")
+    try:
+        async with gov.permit("fp", endpoint) as permit:
+            permit.sending()
+            zero = {"RateLimit-Limit": "0", "RateLimit-Remaining": "0", "RateLimit-Reset": "0.3"}
+            permit.observe(200, zero)
+        paused_at = anyio.current_time()
+        with pytest.raises(RateLimitError) as info:
+            async with gov.permit("fp", endpoint, max_wait=0.01):
+                pass
+        assert info.value.retry_after is not None
+        assert 0.1 < info.value.retry_after <= 0.4
+        with anyio.fail_after(2):  # no max_wait: it waits for the reset, not for ever
+            async with gov.permit("fp", endpoint) as permit:
+                permit.sending()
+                sane = {
+                    "RateLimit-Limit": "5",
+                    "RateLimit-Remaining": "4",
+                    "RateLimit-Reset": "0.3",
+                }
+                permit.observe(200, sane)
+        assert anyio.current_time() - paused_at >= 0.25
+        assert 5 == backend.snapshot()["fp/json_resources_entreprise"].limit
+        assert "RateLimit-Limit 0, which means nothing" in caplog.text
+    finally:
         if isinstance(backend, RedisBackend):
             await backend.aclose()
