@@ -870,11 +870,80 @@ class AsyncClient(Resources):
         """
         if self._state is _State.CLOSED:
             raise RuntimeError("this AsyncClient is closed")
-        url = _document_url(document_url)
         settings = self._settings
-        limit = settings.sizes.download if max_size is None else max_size
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidParameterError("max_size", f"a positive number of bytes, not {limit!r}")
+        # Downloads are accesses too: audited like calls, refusals included.
+        trace = _Trace(
+            DOWNLOAD_ENDPOINT.operation_id,
+            None,
+            settings.recipient,
+            settings.context,
+            settings.object,
+            settings.user,
+            settings.case,
+        )
+        try:
+            url = _document_url(document_url)
+            trace.entity_id = _field(url.path)  # never the query: it may hold a signature
+            limit = settings.sizes.download if max_size is None else max_size
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise InvalidParameterError(
+                    "max_size", f"a positive number of bytes, not {shown(limit)}"
+                )
+            credentials = (
+                self._credentials(DOWNLOAD_ENDPOINT)
+                if origin(str(url)) == origin(settings.base_url)
+                else None
+            )
+        except ApiEntrepriseError as exc:
+            self._audit_refusal(trace, exc, 1)
+            raise
+        started = anyio.current_time()
+        try:
+            target, status = await self._download(
+                url, destination, credentials, content_types, timeout, max_wait, limit, trace
+            )
+        except ApiEntrepriseError as exc:
+            if trace.sent:
+                self._audit_attempt(trace, 1, started, exc)
+            else:
+                self._audit_refusal(trace, exc, 1)
+            raise
+        except anyio.get_cancelled_exc_class():
+            if trace.sent:
+                self._audit_cancelled(trace, 1, started)
+            raise
+        self._keep(
+            AuditRecord(
+                timestamp=dt.datetime.now(dt.UTC),
+                operation_id=trace.operation_id,
+                entity_id=trace.entity_id,
+                context=_field(trace.context),
+                recipient=_field(trace.recipient),
+                object=_field(trace.object),
+                outcome="ok",
+                http_status=status,
+                duration=max(0.0, anyio.current_time() - started),
+                governor_wait=trace.wait,
+                user=_field(trace.user),
+                case=_field(trace.case),
+            ),
+            trace,
+        )
+        return target
+
+    async def _download(
+        self,
+        url: httpx.URL,
+        destination: str | os.PathLike[str],
+        credentials: Credentials | None,
+        content_types: Collection[str] | None,
+        timeout: float | None,
+        max_wait: float | UseDefault | None,
+        limit: int,
+        trace: _Trace,
+    ) -> tuple[pathlib.Path, int]:
+        """Fetch and write one document; the path written and the HTTP status."""
+        settings = self._settings
         target = pathlib.Path(destination)
         if await anyio.Path(target).is_dir():
             target = target / (url.path.rsplit("/", 1)[-1] or "document")
@@ -889,14 +958,17 @@ class AsyncClient(Resources):
         )
         # Document URLs usually point at a storage host: the token only goes to the
         # API's own origin (base_url is https, or a loopback emulator: see resolve_base_url).
-        if origin(str(url)) == origin(settings.base_url):
-            self._credentials(DOWNLOAD_ENDPOINT).apply(request.headers)
+        if credentials is not None:
+            credentials.apply(request.headers)
         partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
         deadline = settings.timeouts.total_for(read)
+        asked = anyio.current_time()
         async with self._governor.permit(
             self._auth.fingerprint, DOWNLOAD_ENDPOINT, max_wait=wait
         ) as permit:
+            trace.wait = anyio.current_time() - asked
             permit.sending()
+            trace.sent = True
             with anyio.move_on_after(deadline) as scope:
                 try:
                     # httpx drops Authorization on a redirect to another origin.
@@ -920,7 +992,7 @@ class AsyncClient(Resources):
                     "of an attempt (Timeouts.total); nothing written",
                     url=str(url),
                 )
-        return target
+        return target, answer.status_code
 
     async def _check_download(
         self, answer: httpx.Response, url: str, content_types: Collection[str] | None

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from apientreprise_async import (
+    ApiError,
     AsyncClient,
     AuthenticationError,
     BearerToken,
@@ -569,3 +570,55 @@ async def test_a_call_cancelled_after_sending_is_audited_as_cancelled() -> None:
     assert ["cancelled"] == [r.outcome for r in audit]
     assert SIREN == audit[0].entity_id
     assert "case-1" == audit[0].object
+
+
+# -- downloads are audited, and redirects keep the token home -------------------------------
+
+
+async def test_downloads_are_audited_refusals_included(tmp_path: Any) -> None:
+    """Each download is one record: ok, an error status, or refused before sending."""
+    rec = Recorder(
+        lambda r: (
+            httpx.Response(404, json={"errors": [{"code": "01003"}]})
+            if r.url.path.endswith("gone.pdf")
+            else httpx.Response(200, content=b"%PDF", headers={"Content-Type": "application/pdf"})
+        )
+    )
+    audit: list[AuditRecord] = []
+    async with client_for(rec, audit) as client:
+        await client.download("https://storage.test/files/a.pdf?X-Signature=s3cr3t", tmp_path)
+        with pytest.raises(ApiError):
+            await client.download("https://storage.test/files/gone.pdf", tmp_path / "b.pdf")
+        with pytest.raises(InvalidParameterError):
+            await client.download("file:///etc/passwd", tmp_path / "c.pdf")
+        with pytest.raises(InvalidParameterError):
+            await client.download("https://storage.test/d.pdf", tmp_path / "d.pdf", max_size=0)
+    assert ["ok", "http_404", "refused", "refused"] == [r.outcome for r in audit]
+    assert {"api_entreprise_proxied_files"} == {r.operation_id for r in audit}
+    assert "/files/a.pdf" == audit[0].entity_id
+    assert all("s3cr3t" not in repr(r) for r in audit)
+    assert 2 == len(rec.requests)
+
+
+async def test_a_redirect_off_the_api_origin_drops_the_token(tmp_path: Any) -> None:
+    """https -> http on the same host, or -> another host: httpx strips Authorization."""
+    api = "https://entreprise.api.gouv.fr"
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/files/to-http.pdf":
+            return httpx.Response(302, headers={"Location": "http://entreprise.api.gouv.fr/x.pdf"})
+        if request.url.path == "/files/to-storage.pdf":
+            return httpx.Response(302, headers={"Location": "https://storage.test/x.pdf"})
+        return httpx.Response(200, content=b"%PDF", headers={"Content-Type": "application/pdf"})
+
+    rec = Recorder(handle)
+    async with client_for(rec) as client:
+        await client.download(f"{api}/files/to-http.pdf", tmp_path / "a.pdf")
+        await client.download(f"{api}/files/to-storage.pdf", tmp_path / "b.pdf")
+    sent = [("authorization" in r.headers, str(r.url)) for r in rec.requests]
+    assert [
+        (True, f"{api}/files/to-http.pdf"),
+        (False, "http://entreprise.api.gouv.fr/x.pdf"),
+        (True, f"{api}/files/to-storage.pdf"),
+        (False, "https://storage.test/x.pdf"),
+    ] == sent
