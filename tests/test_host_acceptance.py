@@ -1,9 +1,9 @@
 """Issue 21's acceptance: worker processes of one host, nothing configured, never banned.
 
 Each worker is a separate Python process with its own clients and the
-default governor (``AsyncClient(token, limits=...)``, no backend named); the
-emulator is served on loopback by this process with clock-aligned windows of
-one second. Together the workers must get no 429, never be banned, finish
+default governor (``AsyncClient(token)`` or ``AsyncClient(token, limits=...)``,
+no backend named); the emulator is served on loopback by this process with
+clock-aligned windows of one second. Together the workers must get no 429, never be banned, finish
 every call, keep each of the server's windows within its limit, and (with
 limits lowered so that a loaded 2-core machine keeps up: the emulator and
 three full clients share it) use at least 85 % of them.
@@ -148,11 +148,15 @@ def check_safe(
 
 
 def test_three_default_workers_one_token_900_calls(served: tuple[Emulator, Workers]) -> None:
-    """The issue's case: 3 default clients, one token at 250 per 1 s window, 900 calls."""
+    """The issue's case: 3 x ``AsyncClient(token)``, one token at 250 per 1 s window, 900 calls.
+
+    Nothing but the token and the URL: the default limits (a 60 s period; each
+    answered slot frees when its server window ends) and the default governor.
+    """
     emulator, workers = served
     emulator.ip_limit = 1000
     token = emulator.add_token(TOKENS[0])
-    processes = workers.start(3, [token], calls=300, tasks=20)
+    processes = workers.start(3, [token], calls=300, tasks=20, period=0)
     workers.go(processes)
     reports = workers.reports(processes)
     check_safe(emulator, reports, 900)
