@@ -5,7 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import pathlib
 
-from apientreprise_async import AsyncClient, Response, UnexpectedPayloadError, records
+from apientreprise_async import (
+    AsyncClient,
+    Response,
+    Timestamp,
+    UnexpectedPayloadError,
+    UnfitFieldError,
+    records,
+)
 from apientreprise_async.records import dgfip, gip_mds, infogreffe, insee, urssaf
 
 
@@ -58,9 +65,28 @@ async def typed_usage() -> None:
             )
 
         try:
-            await client.insee.successions("41816609600051")
+            await client.insee.successions("41816609600051", strict=True)
         except UnexpectedPayloadError as exc:
             problems: tuple[str, ...] = exc.problems
+            received: Response[object] | None = exc.response
+            status_of_answer: int | None = exc.http_status
+            del received, status_of_answer
+
+        # Lenient by default: what did not fit is named, and kept as sent.
+        drift: tuple[str, ...] = unite.problems
+        kept: object = unite.data.unfit.get("siren")
+        safe: str | None = getattr(unite.data, "siren", None)
+        try:
+            siren = unite.data.siren
+        except UnfitFieldError as unfit:
+            sent: object = unfit.value
+            del sent
+        state: insee.UniteLegaleEtatAdministratif = unite.data.etat_administratif
+        active: bool = state == "A" and state.known
+        created: Timestamp | None = unite.data.date_creation
+        when: dt.datetime | None = None if created is None else created.datetime
+        stats_unfit: int = client.stats().unfit_answers
+        del drift, kept, safe, active, when, stats_unfit
 
     del name, naf, upper, siren, cached, old_siren, city, head_office, valid_until
     del status_code, attestation, forms, fonction, scopes, extra, base, saved, problems, monthly
