@@ -472,3 +472,17 @@ def test_epoch_dates_read_as_datetimes_and_iso_dates_as_dates() -> None:
     # A liasse's declaration date (documented by a date example) is a date, not a string.
     declaration = attrs.fields_dict(attrs.resolve_types(dgfip.Declaration))["date_declaration"]
     assert declaration.type is dt.date
+
+
+def test_records_with_a_misfit_compare_without_raising() -> None:
+    """== works on lenient records: equal payloads are equal, a misfit makes them differ."""
+    data = _unite_legale()["data"]
+    fitting, _ = structure_lenient(data, insee.UniteLegale)
+    again, _ = structure_lenient(copy.deepcopy(data), insee.UniteLegale)
+    drifted, problems = structure_lenient({**data, "siren": {"x": 1}}, insee.UniteLegale)
+    other, _ = structure_lenient({**data, "siren": {"x": 2}}, insee.UniteLegale)
+    assert problems
+    assert fitting == again
+    assert fitting != drifted
+    assert drifted == structure_lenient({**data, "siren": {"x": 1}}, insee.UniteLegale)[0]
+    assert drifted != other  # the values as sent differ

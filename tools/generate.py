@@ -641,7 +641,9 @@ class _Module:
             out += [f"    {member} = {value!r}" for member, value in members]
             out.append("")
         for name, doc, fields in self.classes:
-            out += ["", "@attrs.frozen(kw_only=True, repr=False)", f"class {name}(Record):"]
+            # repr and == come from Record: a field left unset (it did not fit) must not raise.
+            decorator = "@attrs.frozen(kw_only=True, repr=False, eq=False)"
+            out += ["", decorator, f"class {name}(Record):"]
             out += [f'    """{doc}"""', ""]
             out += [f"    {prop}: {annotation}{default}" for prop, annotation, default in fields]
             out.append("")

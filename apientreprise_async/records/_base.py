@@ -25,7 +25,7 @@ _NOTHING: frozenset[str] = frozenset()
 _DEFAULTS: Mapping[str, Any] = {"extra": _EMPTY, "unfit": _EMPTY, "_absent": _NOTHING}
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Record:
     """Base of every typed record of the API.
 
@@ -75,6 +75,18 @@ class Record:
             obj=self,
         )
 
+    def __eq__(self, other: object) -> bool:
+        # By hand, not attrs': a field left unset (it did not fit) must compare, not raise.
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        for name in _compared(type(self)):
+            if getattr(self, name, _Unfit) != getattr(other, name, _Unfit):
+                return False
+        return bool(self.unfit == other.unfit)
+
+    # Records hold mappings (``extra``, free-form objects): they were never hashable.
+    __hash__ = None  # type: ignore[assignment]
+
     def __repr__(self) -> str:
         shown = []
         for field in attrs.fields(type(self)):
@@ -82,6 +94,17 @@ class Record:
                 value = getattr(self, field.name, _Unfit if field.name in self.unfit else _Absent)
                 shown.append(f"{field.name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
+
+
+_COMPARED: dict[type, tuple[str, ...]] = {}
+
+
+def _compared(cls: type) -> tuple[str, ...]:
+    names = _COMPARED.get(cls)
+    if names is None:
+        names = tuple(f.name for f in attrs.fields(cls) if f.name not in ("unfit", "_absent"))
+        _COMPARED[cls] = names
+    return names
 
 
 class _Marker:

@@ -102,7 +102,7 @@ class CertificationRgeOrganisme(OpenEnum):
     INCONNU = "Inconnu"
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Qualification(Record):
     """The ``qualification`` object."""
 
@@ -110,7 +110,7 @@ class Qualification(Record):
     nom: str
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Meta(Record):
     """The ``meta`` object."""
 
@@ -119,7 +119,7 @@ class Meta(Record):
     archived: bool
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class CertificationRge(Record):
     """RGE certificates held by an establishment."""
 
@@ -134,7 +134,7 @@ class CertificationRge(Record):
     meta: Meta
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class CertificationRgeItem(Record):
     """One entry of a list of :class:`CertificationRge`, with its own links and meta."""
 

@@ -10,7 +10,7 @@ from ._base import Record
 __all__ = ["Privileges"]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Privileges(Record):
     """The privileges (scopes) granted to the token."""
 

@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Disponibilites(Record):
     """The ``disponibilites`` object."""
 
@@ -29,7 +29,7 @@ class Disponibilites(Record):
     evolution: float | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class RatioFondsRoulementNetGlobalSurBesoinEnFondsDeRoulement(Record):
     """The ``ratio_fonds_roulement_net_global_sur_besoin_en_fonds_de_roulement`` object."""
 
@@ -37,7 +37,7 @@ class RatioFondsRoulementNetGlobalSurBesoinEnFondsDeRoulement(Record):
     evolution: float | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ValeurCalculee(Record):
     """The ``valeur_calculee`` object."""
 
@@ -54,7 +54,7 @@ class ValeurCalculee(Record):
     dettes4_maturite_a_un_an_au_plus: Disponibilites | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Donnee(Record):
     """The ``donnee`` object."""
 
@@ -68,7 +68,7 @@ class Donnee(Record):
     valeurs: tuple[str, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Declaration(Record):
     """The ``declaration`` object."""
 
@@ -76,7 +76,7 @@ class Declaration(Record):
     donnees: tuple[Donnee, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Bilan(Record):
     """Balance sheets of a legal unit, with computed ratios."""
 
@@ -86,7 +86,7 @@ class Bilan(Record):
     declarations: tuple[Declaration, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class BilanItem(Record):
     """One entry of a list of :class:`Bilan`, with its own links and meta."""
 

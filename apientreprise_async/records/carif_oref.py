@@ -19,7 +19,7 @@ __all__ = [
 ]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class CertificationQualiopi(Record):
     """The ``certification_qualiopi`` object."""
 
@@ -30,7 +30,7 @@ class CertificationQualiopi(Record):
     obtention_via_unite_legale: bool | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Specialite1(Record):
     """The ``specialite_1`` object."""
 
@@ -38,7 +38,7 @@ class Specialite1(Record):
     libelle: str | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Specialites(Record):
     """The ``specialites`` object."""
 
@@ -47,7 +47,7 @@ class Specialites(Record):
     specialite_3: Specialite1 | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class DeclarationActiviteEtablissement(Record):
     """The ``declaration_activite_etablissement`` object."""
 
@@ -60,7 +60,7 @@ class DeclarationActiviteEtablissement(Record):
     specialites: Specialites | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class HabilitationFranceCompetence(Record):
     """The ``habilitation_france_competence`` object."""
 
@@ -74,7 +74,7 @@ class HabilitationFranceCompetence(Record):
     sirets_organismes_certificateurs: tuple[str, ...] | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class CertificationsQualiopi(Record):
     """Qualiopi certification and France Compétences accreditations of an establishment."""
 

@@ -25,7 +25,7 @@ class NonSedentaire(OpenEnum):
     V_1 = "1"
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class EntrepriseArtisanale(Record):
     """A craft business in the trades register."""
 

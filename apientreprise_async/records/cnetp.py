@@ -10,7 +10,7 @@ from ._base import Record
 __all__ = ["AttestationCotisations"]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class AttestationCotisations(Record):
     """Link to the CNETP contribution certificate of a legal unit."""
 

@@ -34,7 +34,7 @@ class StatutDemande(OpenEnum):
     EN_ATTENTE = "En attente"
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class SubventionDemandee(Record):
     """The ``subvention_demandee`` object."""
 
@@ -43,7 +43,7 @@ class SubventionDemandee(Record):
     montant_demande: float
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Aide(Record):
     """The ``aide`` object."""
 
@@ -51,7 +51,7 @@ class Aide(Record):
     modalite: str | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Projet(Record):
     """The ``projet`` object."""
 
@@ -66,7 +66,7 @@ class Projet(Record):
     cofinanceurs: str | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class DescriptionDesProjets(Record):
     """The ``description_des_projets`` object."""
 
@@ -74,7 +74,7 @@ class DescriptionDesProjets(Record):
     projet: tuple[Projet, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Instruction(Record):
     """The ``instruction`` object."""
 
@@ -84,7 +84,7 @@ class Instruction(Record):
     montant_accorde: float
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class DemandeSubvention(Record):
     """The ``demande_subvention`` object."""
 
@@ -98,7 +98,7 @@ class DemandeSubvention(Record):
     instruction: Instruction
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Programme(Record):
     """The ``programme`` object."""
 
@@ -108,7 +108,7 @@ class Programme(Record):
     date_mise_a_jour_information: dt.datetime | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Paiement(Record):
     """The ``paiement`` object."""
 
@@ -124,7 +124,7 @@ class Paiement(Record):
     programme: Programme | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Subvention(Record):
     """Grants requested by and paid to an association."""
 
@@ -132,7 +132,7 @@ class Subvention(Record):
     paiements: tuple[Paiement, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class SubventionItem(Record):
     """One entry of a list of :class:`Subvention`, with its own links and meta."""
 

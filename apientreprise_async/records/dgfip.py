@@ -84,7 +84,7 @@ class ActionnaireType(OpenEnum):
     PERSONNE_PHYSIQUE = "personne_physique"
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class AttestationFiscale(Record):
     """Link to the tax compliance certificate of a legal unit."""
 
@@ -94,7 +94,7 @@ class AttestationFiscale(Record):
     date_periode_analysee: dt.date
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class AttestationFiscaleV3(Record):
     """Link to the tax compliance certificate of a legal unit (v3 shape)."""
 
@@ -102,7 +102,7 @@ class AttestationFiscaleV3(Record):
     expires_in: int
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ChiffreAffaires(Record):
     """Turnover declared by an establishment, per fiscal year."""
 
@@ -110,7 +110,7 @@ class ChiffreAffaires(Record):
     date_fin_exercice: dt.date
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ChiffreAffairesItem(Record):
     """One entry of a list of :class:`ChiffreAffaires`, with its own links and meta."""
 
@@ -119,7 +119,7 @@ class ChiffreAffairesItem(Record):
     meta: Mapping[str, Any] | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ObligationFiscale(Record):
     """The ``obligation_fiscale`` object."""
 
@@ -130,7 +130,7 @@ class ObligationFiscale(Record):
     regime: str
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Regime(Record):
     """The ``regime`` object."""
 
@@ -138,7 +138,7 @@ class Regime(Record):
     libelle: str
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Donnee(Record):
     """The ``donnee`` object."""
 
@@ -151,7 +151,7 @@ class Donnee(Record):
     valeurs: tuple[str, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Declaration(Record):
     """The ``declaration`` object."""
 
@@ -164,7 +164,7 @@ class Declaration(Record):
     donnees: tuple[Donnee, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class LiassesFiscales(Record):
     """Tax return forms of a legal unit for one year."""
 
@@ -172,7 +172,7 @@ class LiassesFiscales(Record):
     declarations: tuple[Declaration, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class DateNaissance(Record):
     """The ``date_naissance`` object."""
 
@@ -180,7 +180,7 @@ class DateNaissance(Record):
     mois: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class PersonnePhysiqueAttributes(Record):
     """The ``personne_physique_attributes`` object."""
 
@@ -190,7 +190,7 @@ class PersonnePhysiqueAttributes(Record):
     date_naissance: DateNaissance
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class PersonneMoraleAttributes(Record):
     """The ``personne_morale_attributes`` object."""
 
@@ -200,7 +200,7 @@ class PersonneMoraleAttributes(Record):
     forme_juridique: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Adresse(Record):
     """The ``adresse`` object."""
 
@@ -212,7 +212,7 @@ class Adresse(Record):
     pays: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Actionnaire(Record):
     """The ``actionnaire`` object."""
 
@@ -224,7 +224,7 @@ class Actionnaire(Record):
     adresse: Adresse
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class PersonnesPhysiques(Record):
     """The ``personnes_physiques`` object."""
 
@@ -232,7 +232,7 @@ class PersonnesPhysiques(Record):
     nombre: float | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Repartition(Record):
     """The ``repartition`` object."""
 
@@ -240,7 +240,7 @@ class Repartition(Record):
     personnes_morales: PersonnesPhysiques
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Capital(Record):
     """The ``capital`` object."""
 
@@ -249,7 +249,7 @@ class Capital(Record):
     depose_neant: bool | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class FilialeAdresse(Record):
     """The ``adresse`` object."""
 
@@ -261,7 +261,7 @@ class FilialeAdresse(Record):
     pays: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Filiale(Record):
     """The ``filiale`` object."""
 
@@ -273,7 +273,7 @@ class Filiale(Record):
     adresse: FilialeAdresse
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Participations(Record):
     """The ``participations`` object."""
 
@@ -282,7 +282,7 @@ class Participations(Record):
     depose_neant: bool
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class LiensCapitalistiques(Record):
     """Shareholders and holdings of a legal unit for one year."""
 

@@ -188,7 +188,7 @@ class SousTypeLibelle(OpenEnum):
     REGLEMENT_INTERIEUR = "règlement intérieur"
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class FormeJuridique(Record):
     """The ``forme_juridique`` object."""
 
@@ -196,7 +196,7 @@ class FormeJuridique(Record):
     libelle: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class AdresseSiege(Record):
     """The ``adresse_siege`` object."""
 
@@ -210,7 +210,7 @@ class AdresseSiege(Record):
     commune: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class AlsaceMoselle(Record):
     """The ``alsace_moselle`` object."""
 
@@ -220,7 +220,7 @@ class AlsaceMoselle(Record):
     date_publication_registre_association: dt.date | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class CompositionReseau(Record):
     """The ``composition_reseau`` object."""
 
@@ -234,7 +234,7 @@ class CompositionReseau(Record):
     site_web: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Agrement(Record):
     """The ``agrement`` object."""
 
@@ -246,7 +246,7 @@ class Agrement(Record):
     url: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ActivitePrincipale(Record):
     """The ``activite_principale`` object."""
 
@@ -255,7 +255,7 @@ class ActivitePrincipale(Record):
     annee: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class TrancheEffectif(Record):
     """The ``tranche_effectif`` object."""
 
@@ -264,7 +264,7 @@ class TrancheEffectif(Record):
     annee: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Activites(Record):
     """The ``activites`` object."""
 
@@ -278,7 +278,7 @@ class Activites(Record):
     date_appartenance_ess: dt.date | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Adresse(Record):
     """The ``adresse`` object."""
 
@@ -292,7 +292,7 @@ class Adresse(Record):
     commune: str | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class EtablissementTrancheEffectif(Record):
     """The ``tranche_effectif`` object."""
 
@@ -300,7 +300,7 @@ class EtablissementTrancheEffectif(Record):
     libelle: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class NombreAdherents(Record):
     """The ``nombre_adherents`` object."""
 
@@ -309,7 +309,7 @@ class NombreAdherents(Record):
     total: int
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Rhs(Record):
     """The ``rhs`` object."""
 
@@ -323,7 +323,7 @@ class Rhs(Record):
     nombre_adherents: NombreAdherents
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Compte(Record):
     """The ``compte`` object."""
 
@@ -338,7 +338,7 @@ class Compte(Record):
     total_produits: float
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class RepresentantLegal(Record):
     """The ``representant_legal`` object."""
 
@@ -352,7 +352,7 @@ class RepresentantLegal(Record):
     courriel: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class DocumentDac(Record):
     """The ``document_dac`` object."""
 
@@ -366,7 +366,7 @@ class DocumentDac(Record):
     url: str
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Etablissement(Record):
     """The ``etablissement`` object."""
 
@@ -387,7 +387,7 @@ class Etablissement(Record):
     documents_dac: tuple[DocumentDac, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class NombreLicencies(Record):
     """The ``nombre_licencies`` object."""
 
@@ -396,7 +396,7 @@ class NombreLicencies(Record):
     total: int | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ReseauAffiliation(Record):
     """The ``reseau_affiliation`` object."""
 
@@ -412,7 +412,7 @@ class ReseauAffiliation(Record):
     nombre_licencies: NombreLicencies
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class SousType(Record):
     """The ``sous_type`` object."""
 
@@ -420,7 +420,7 @@ class SousType(Record):
     libelle: SousTypeLibelle
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class DocumentRna(Record):
     """The ``document_rna`` object."""
 
@@ -432,7 +432,7 @@ class DocumentRna(Record):
     url: str
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Association(Record):
     """An association, with its establishments and documents."""
 
@@ -465,7 +465,7 @@ class Association(Record):
     documents_rna: tuple[DocumentRna, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class AssociationOpenDataEtablissement(Record):
     """The ``etablissement`` object."""
 
@@ -484,7 +484,7 @@ class AssociationOpenDataEtablissement(Record):
     comptes: tuple[Compte, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class AssociationOpenData(Record):
     """The public data of an association."""
 

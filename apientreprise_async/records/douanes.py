@@ -10,7 +10,7 @@ from ._base import Record
 __all__ = ["ImmatriculationEori"]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ImmatriculationEori(Record):
     """The EORI registration of an establishment."""
 

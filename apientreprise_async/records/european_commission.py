@@ -10,7 +10,7 @@ from ._base import Record
 __all__ = ["NumeroTva"]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class NumeroTva(Record):
     """The intra-EU VAT number of a legal unit."""
 

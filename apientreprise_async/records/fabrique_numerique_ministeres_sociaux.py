@@ -27,7 +27,7 @@ class ConventionCollectiveEtat(OpenEnum):
     VIGUEUR_ETENDUE = "vigueur_etendue"
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ConventionCollective(Record):
     """Collective agreements that apply to an establishment."""
 
@@ -42,7 +42,7 @@ class ConventionCollective(Record):
     date_publication: dt.date
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ConventionCollectiveItem(Record):
     """One entry of a list of :class:`ConventionCollective`, with its own links and meta."""
 

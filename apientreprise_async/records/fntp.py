@@ -10,7 +10,7 @@ from ._base import Record
 __all__ = ["CarteProfessionnelle"]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class CarteProfessionnelle(Record):
     """Link to the public-works professional card of a legal unit."""
 

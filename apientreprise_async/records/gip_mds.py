@@ -54,7 +54,7 @@ class EffectifMensuelMois(OpenEnum):
     V_12 = "12"
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class EffectifAnnuel(Record):
     """The ``effectif_annuel`` object."""
 
@@ -64,7 +64,7 @@ class EffectifAnnuel(Record):
     date_derniere_mise_a_jour: dt.date | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class EffectifsAnnuels(Record):
     """Yearly headcount of a legal unit."""
 
@@ -73,7 +73,7 @@ class EffectifsAnnuels(Record):
     effectifs_annuel: tuple[EffectifAnnuel, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class EffectifMensuel(Record):
     """The ``effectif_mensuel`` object."""
 
@@ -85,7 +85,7 @@ class EffectifMensuel(Record):
     date_derniere_mise_a_jour: dt.date | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class EffectifsMensuels(Record):
     """Monthly headcount of an establishment."""
 

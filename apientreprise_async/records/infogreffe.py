@@ -35,7 +35,7 @@ class MandataireSocialType(OpenEnum):
     PERSONNE_PHYSIQUE = "personne_physique"
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ExtraitKbisMandataireSocial(Record):
     """The ``mandataire_social`` object."""
 
@@ -48,7 +48,7 @@ class ExtraitKbisMandataireSocial(Record):
     raison_sociale: str | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Observation(Record):
     """The ``observation`` object."""
 
@@ -57,7 +57,7 @@ class Observation(Record):
     date: dt.date | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class EtablissementPrincipal(Record):
     """The ``etablissement_principal`` object."""
 
@@ -67,7 +67,7 @@ class EtablissementPrincipal(Record):
     code_ape: str
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Capital(Record):
     """The ``capital`` object."""
 
@@ -76,7 +76,7 @@ class Capital(Record):
     code_devise: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Greffe(Record):
     """The ``greffe`` object."""
 
@@ -84,7 +84,7 @@ class Greffe(Record):
     code: str
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Adresse(Record):
     """The ``adresse`` object."""
 
@@ -100,7 +100,7 @@ class Adresse(Record):
     pays: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Nationalite(Record):
     """The ``nationalite`` object."""
 
@@ -108,7 +108,7 @@ class Nationalite(Record):
     code: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Naissance(Record):
     """The ``naissance`` object."""
 
@@ -117,7 +117,7 @@ class Naissance(Record):
     lieu: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class PersonnePhysique(Record):
     """The ``personne_physique`` object."""
 
@@ -128,7 +128,7 @@ class PersonnePhysique(Record):
     naissance: Naissance
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class PersonneMorale(Record):
     """The ``personne_morale`` object."""
 
@@ -138,7 +138,7 @@ class PersonneMorale(Record):
     date_fin_de_vie: dt.date | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ExtraitKbis(Record):
     """The trade register extract (Kbis data) of a legal unit."""
 
@@ -156,7 +156,7 @@ class ExtraitKbis(Record):
     personne_morale: PersonneMorale
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class MandataireSocial(Record):
     """Officers of a legal unit, people and companies."""
 
@@ -177,7 +177,7 @@ class MandataireSocial(Record):
     libelle_greffe: str | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class MandataireSocialItem(Record):
     """One entry of a list of :class:`MandataireSocial`, with its own links and meta."""
 

@@ -106,7 +106,7 @@ class ObservationFournisseur(OpenEnum):
     RNM = "rnm"
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class TypeActe(Record):
     """The ``type_acte`` object."""
 
@@ -114,7 +114,7 @@ class TypeActe(Record):
     type_decision: str | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Acte(Record):
     """The ``acte`` object."""
 
@@ -126,7 +126,7 @@ class Acte(Record):
     url: str | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Bilan(Record):
     """The ``bilan`` object."""
 
@@ -139,7 +139,7 @@ class Bilan(Record):
     url: str | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ActesBilans(Record):
     """Deeds and balance sheets filed at the RNE."""
 
@@ -147,7 +147,7 @@ class ActesBilans(Record):
     bilans: tuple[Bilan, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class DateNaissance(Record):
     """The ``date_naissance`` object."""
 
@@ -155,7 +155,7 @@ class DateNaissance(Record):
     mois: DateNaissanceMois | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class PartsDirectes(Record):
     """The ``parts_directes`` object."""
 
@@ -164,7 +164,7 @@ class PartsDirectes(Record):
     nue_propriete: float
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ParIndivision(Record):
     """The ``par_indivision`` object."""
 
@@ -173,7 +173,7 @@ class ParIndivision(Record):
     nue_propriete: float
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class PartsIndirectes(Record):
     """The ``parts_indirectes`` object."""
 
@@ -182,7 +182,7 @@ class PartsIndirectes(Record):
     via_personnes_morales: ParIndivision
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class DetentionDeCapital(Record):
     """The ``detention_de_capital`` object."""
 
@@ -191,7 +191,7 @@ class DetentionDeCapital(Record):
     parts_indirectes: PartsIndirectes
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class VocationADevenirTitulaireDePartsPartsDirectes(Record):
     """The ``parts_directes`` object."""
 
@@ -199,7 +199,7 @@ class VocationADevenirTitulaireDePartsPartsDirectes(Record):
     nue_propriete: float
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class VocationADevenirTitulaireDePartsPartsIndirectes(Record):
     """The ``parts_indirectes`` object."""
 
@@ -207,7 +207,7 @@ class VocationADevenirTitulaireDePartsPartsIndirectes(Record):
     via_personnes_morales: ParIndivision
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class VocationADevenirTitulaireDeParts(Record):
     """The ``vocation_a_devenir_titulaire_de_parts`` object."""
 
@@ -215,7 +215,7 @@ class VocationADevenirTitulaireDeParts(Record):
     parts_indirectes: VocationADevenirTitulaireDePartsPartsIndirectes
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Directes(Record):
     """The ``directes`` object."""
 
@@ -225,7 +225,7 @@ class Directes(Record):
     usufruit: float
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class IndirectesParIndivision(Record):
     """The ``par_indivision`` object."""
 
@@ -235,7 +235,7 @@ class IndirectesParIndivision(Record):
     usufruit: float
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Indirectes(Record):
     """The ``indirectes`` object."""
 
@@ -244,7 +244,7 @@ class Indirectes(Record):
     via_personnes_morales: IndirectesParIndivision
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class DroitsDeVote(Record):
     """The ``droits_de_vote`` object."""
 
@@ -253,7 +253,7 @@ class DroitsDeVote(Record):
     indirectes: Indirectes
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class PouvoirsDeControle(Record):
     """The ``pouvoirs_de_controle`` object."""
 
@@ -262,7 +262,7 @@ class PouvoirsDeControle(Record):
     autres: bool
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Modalites(Record):
     """The ``modalites`` object."""
 
@@ -274,7 +274,7 @@ class Modalites(Record):
     representant_legal_placement_sans_gestion_deleguee: bool
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class BeneficiaireEffectif(Record):
     """Beneficial owners of a legal unit."""
 
@@ -288,7 +288,7 @@ class BeneficiaireEffectif(Record):
     modalites: Modalites
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class BeneficiaireEffectifItem(Record):
     """One entry of a list of :class:`BeneficiaireEffectif`, with its own links and meta."""
 
@@ -297,7 +297,7 @@ class BeneficiaireEffectifItem(Record):
     meta: Mapping[str, Any] | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Dissolution(Record):
     """The ``dissolution`` object."""
 
@@ -306,7 +306,7 @@ class Dissolution(Record):
     avec_liquidation: bool | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class FormeJuridique(Record):
     """The ``forme_juridique`` object."""
 
@@ -314,7 +314,7 @@ class FormeJuridique(Record):
     libelle: str
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class CodeAPRM(Record):
     """The ``code_APRM`` object."""
 
@@ -322,7 +322,7 @@ class CodeAPRM(Record):
     libelle: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class CapitalSocial(Record):
     """The ``capital_social`` object."""
 
@@ -330,7 +330,7 @@ class CapitalSocial(Record):
     devise: str
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class AdresseSiegeSocial(Record):
     """The ``adresse_siege_social`` object."""
 
@@ -341,7 +341,7 @@ class AdresseSiegeSocial(Record):
     complement: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class IdentiteEntreprise(Record):
     """The ``identite_entreprise`` object."""
 
@@ -366,7 +366,7 @@ class IdentiteEntreprise(Record):
     adresse_siege_social: AdresseSiegeSocial
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class DirigeantEtAssocie(Record):
     """The ``dirigeant_et_associe`` object."""
 
@@ -377,7 +377,7 @@ class DirigeantEtAssocie(Record):
     commune_residence: str | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class CodeAPE(Record):
     """The ``code_APE`` object."""
 
@@ -385,7 +385,7 @@ class CodeAPE(Record):
     libelle: str | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Adresse(Record):
     """The ``adresse`` object."""
 
@@ -396,7 +396,7 @@ class Adresse(Record):
     complement: str | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Etablissement(Record):
     """The ``etablissement`` object."""
 
@@ -412,7 +412,7 @@ class Etablissement(Record):
     statut: EtablissementStatut | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Observation(Record):
     """The ``observation`` object."""
 
@@ -422,7 +422,7 @@ class Observation(Record):
     texte: str | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ExtraitRne(Record):
     """The RNE extract of a legal unit."""
 

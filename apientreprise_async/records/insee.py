@@ -149,7 +149,7 @@ class TypeVoie(OpenEnum):
     VILLAGE = "VILLAGE"
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ActivitePrincipale(Record):
     """The ``activite_principale`` object."""
 
@@ -158,7 +158,7 @@ class ActivitePrincipale(Record):
     nomenclature: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class TrancheEffectifSalarie(Record):
     """The ``tranche_effectif_salarie`` object."""
 
@@ -169,7 +169,7 @@ class TrancheEffectifSalarie(Record):
     a: int | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class PersonneMoraleAttributs(Record):
     """The ``personne_morale_attributs`` object."""
 
@@ -177,7 +177,7 @@ class PersonneMoraleAttributs(Record):
     sigle: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class PersonnePhysiqueAttributs(Record):
     """The ``personne_physique_attributs`` object."""
 
@@ -192,7 +192,7 @@ class PersonnePhysiqueAttributs(Record):
     sexe: PersonnePhysiqueAttributsSexe | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class FormeJuridique(Record):
     """The ``forme_juridique`` object."""
 
@@ -200,7 +200,7 @@ class FormeJuridique(Record):
     libelle: str
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class EtablissementUniteLegale(Record):
     """The ``unite_legale`` object."""
 
@@ -222,7 +222,7 @@ class EtablissementUniteLegale(Record):
     activite_principale_naf_rev2: ActivitePrincipale
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class AcheminementPostal(Record):
     """The ``acheminement_postal`` object."""
 
@@ -235,7 +235,7 @@ class AcheminementPostal(Record):
     l7: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Adresse(Record):
     """The ``adresse`` object."""
 
@@ -257,7 +257,7 @@ class Adresse(Record):
     acheminement_postal: AcheminementPostal
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Etablissement(Record):
     """An establishment of the Sirene directory."""
 
@@ -276,7 +276,7 @@ class Etablissement(Record):
     activite_principale_naf_rev2: ActivitePrincipale
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class UniteLegale(Record):
     """A legal unit of the Sirene directory."""
 
@@ -299,7 +299,7 @@ class UniteLegale(Record):
     date_cessation: Timestamp | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class EtablissementV3UniteLegale(Record):
     """The ``unite_legale`` object."""
 
@@ -320,7 +320,7 @@ class EtablissementV3UniteLegale(Record):
     date_creation: Timestamp | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class EtablissementV3(Record):
     """An establishment of the Sirene directory (v3 shape)."""
 
@@ -338,7 +338,7 @@ class EtablissementV3(Record):
     date_creation: Timestamp | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Predecesseur(Record):
     """The ``predecesseur`` object."""
 
@@ -348,7 +348,7 @@ class Predecesseur(Record):
     continuite_economique: bool | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Successions(Record):
     """Predecessors and successors of an establishment."""
 
@@ -356,7 +356,7 @@ class Successions(Record):
     successeurs: tuple[Predecesseur, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class UniteLegaleV3(Record):
     """A legal unit of the Sirene directory (v3 shape)."""
 

@@ -14,7 +14,7 @@ from ._base import Record
 __all__ = ["AdresseSiege", "Association", "DocumentAssociation", "DocumentAssociationItem"]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class AdresseSiege(Record):
     """The ``adresse_siege`` object."""
 
@@ -28,7 +28,7 @@ class AdresseSiege(Record):
     commune: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Association(Record):
     """An association of the RNA."""
 
@@ -47,7 +47,7 @@ class Association(Record):
     mise_a_jour: dt.date
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class DocumentAssociation(Record):
     """Documents filed by an association."""
 
@@ -58,7 +58,7 @@ class DocumentAssociation(Record):
     errors: tuple[str, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class DocumentAssociationItem(Record):
     """One entry of a list of :class:`DocumentAssociation`, with its own links and meta."""
 

@@ -18,7 +18,7 @@ class ConformiteCotisationsStatus(OpenEnum):
     UNDER_INVESTIGATION = "under_investigation"
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ConformiteCotisations(Record):
     """Whether an establishment is up to date with MSA."""
 

@@ -12,7 +12,7 @@ from ._base import Record
 __all__ = ["CertificationIngenierie", "Qualification"]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Qualification(Record):
     """The ``qualification`` object."""
 
@@ -22,7 +22,7 @@ class Qualification(Record):
     rge: bool | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class CertificationIngenierie(Record):
     """The OPQIBI certificate of a legal unit."""
 

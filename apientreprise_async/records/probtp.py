@@ -10,7 +10,7 @@ from ._base import Record
 __all__ = ["AttestationCotisationsRetraite", "ConformiteCotisationsRetraite"]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class AttestationCotisationsRetraite(Record):
     """Link to the PRO BTP pension certificate of an establishment."""
 
@@ -18,7 +18,7 @@ class AttestationCotisationsRetraite(Record):
     expires_in: int
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class ConformiteCotisationsRetraite(Record):
     """Whether an establishment is up to date with PRO BTP."""
 

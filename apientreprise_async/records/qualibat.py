@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class AssuranceResponsabiliteTravaux(Record):
     """The ``assurance_responsabilite_travaux`` object."""
 
@@ -26,7 +26,7 @@ class AssuranceResponsabiliteTravaux(Record):
     identifiant: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Certification(Record):
     """The ``certification`` object."""
 
@@ -36,7 +36,7 @@ class Certification(Record):
     date_attribution: dt.date | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Entity(Record):
     """The ``entity`` object."""
 
@@ -45,7 +45,7 @@ class Entity(Record):
     certifications: tuple[Certification | None, ...]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class CertificationBatiment(Record):
     """The Qualibat certificate of an establishment."""
 
@@ -56,7 +56,7 @@ class CertificationBatiment(Record):
     entity: Entity
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class CertificationBatimentV3(Record):
     """The Qualibat certificate of an establishment (v3 shape)."""
 

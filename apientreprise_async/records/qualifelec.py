@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Indice(Record):
     """The ``indice`` object."""
 
@@ -29,7 +29,7 @@ class Indice(Record):
     label: str | None = None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Classification(Record):
     """The ``classification`` object."""
 
@@ -37,7 +37,7 @@ class Classification(Record):
     label: str | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Qualification(Record):
     """The ``qualification`` object."""
 
@@ -50,7 +50,7 @@ class Qualification(Record):
     classification: Classification
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class AssuranceDecennale(Record):
     """The ``assurance_decennale`` object."""
 
@@ -59,7 +59,7 @@ class AssuranceDecennale(Record):
     date_fin: dt.date | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class Certificat(Record):
     """Qualifelec certificates of an establishment."""
 
@@ -73,7 +73,7 @@ class Certificat(Record):
     assurance_civile: AssuranceDecennale
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class CertificatItem(Record):
     """One entry of a list of :class:`Certificat`, with its own links and meta."""
 

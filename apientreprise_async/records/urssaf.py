@@ -19,7 +19,7 @@ class EntityStatusCode(OpenEnum):
     REFUS_DE_DELIVRANCE = "refus_de_delivrance"
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class EntityStatus(Record):
     """The ``entity_status`` object."""
 
@@ -28,7 +28,7 @@ class EntityStatus(Record):
     description: str
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class AttestationVigilance(Record):
     """The URSSAF vigilance certificate of a legal unit."""
 
@@ -40,7 +40,7 @@ class AttestationVigilance(Record):
     document_url_expires_in: int | None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True, repr=False, eq=False)
 class AttestationVigilanceV3(Record):
     """The URSSAF vigilance certificate of a legal unit (v3 shape)."""
 
