@@ -1,21 +1,53 @@
-"""The anyio clock, read cheaply on the hot path.
+"""The governor's clock: one timeline for the whole process, whatever loop reads it.
 
-:func:`anyio.current_time` first finds out which event loop runs (through
-sniffio, then a backend lookup): about 1.7 us on asyncio, more than a whole
-uncontended permit. :func:`current_time` returns the same value, the running
-asyncio loop's ``time()``, as anyio's asyncio backend does, whenever sniffio
-would answer ``"asyncio"`` without sniffing (or sniffio is absent and a loop
-runs); otherwise (trio, a trio guest run on an asyncio host, no loop) it asks
-anyio. The clock is still anyio's: only the way of reaching it differs.
+Why one timeline. The per-IP ceiling and each token's limits belong to the
+process (in truth to the host), not to an event loop: Django and Celery
+threads, notebooks calling ``asyncio.run`` again and again, an asyncio thread
+beside a trio thread all draw from the same buckets. The buckets store times
+(when a slot frees, when a pause ends), so those times must mean the same to
+every loop. Each loop's own clock will not do: trio's clock starts at a random
+offset of 10^4 to 2x10^5 s, asyncio's is ``time.monotonic()``, and a test's
+``MockClock`` runs at its own pace; a slot stored on one and read on another
+looks long expired (the bug that sent a whole window twice) or far away.
+
+How. The process timeline is ``time.monotonic()`` shifted by one constant,
+and each loop gets an *offset* the first time the governor sees it::
+
+    process time = loop time + offset[loop]
+
+asyncio's and trio's real clocks advance exactly as ``time.monotonic()`` does,
+so one offset per loop stays right for its whole life, for loops in sequence
+and in parallel alike. The first loop seen after :func:`reset` (or at start)
+anchors the timeline with offset 0, so a program with one loop sees its own
+clock unchanged, and a test on trio's ``MockClock`` keeps its virtual time
+(other loops running beside a virtual one would disagree with it: virtual
+time is for one loop at a time). Outside any loop the timeline reads
+``time.monotonic()`` plus the anchor's shift.
+
+Going back to a loop's clock is needed only to sleep: a waiter's deadline on
+the timeline minus its :class:`Home`'s offset. A :class:`Home` also carries
+the way into its loop from another thread (``call_soon_threadsafe`` on
+asyncio and uvloop, ``TrioToken.run_sync_soon`` on trio; anyio's own
+``EventLoopToken`` appeared only in anyio 4.11, later than this package's
+floor), which is how a release on one loop wakes a waiter on another.
+
+The hot path (asyncio, a loop already seen) costs one running-loop lookup,
+one global read and an addition: the last loop seen is kept globally, and
+each thread also keeps its own (several threads, each with its own loop,
+then pay one thread-local read when they alternate).
 """
 
 from __future__ import annotations
 
-from asyncio import _get_running_loop
+import math
+import threading
+import time
+import weakref
+from asyncio import AbstractEventLoop, _get_running_loop
+from collections.abc import Callable
+from typing import Any
 
-import anyio
-
-__all__ = ["current_time"]
+__all__ = ["Home", "current_home", "current_time", "reset"]
 
 try:
     from sniffio import current_async_library_cvar as _library_cvar
@@ -24,18 +56,179 @@ except ImportError:  # pragma: no cover - anyio works without sniffio
     _library_local = None  # type: ignore[assignment]
     _library_cvar = None  # type: ignore[assignment]
 
-_anyio_time = anyio.current_time
+_monotonic = time.monotonic
+
+
+class Home:
+    """One event loop as the governor sees it: its offset, and a way in from any thread."""
+
+    __slots__ = ("__weakref__", "_loop", "_token", "offset")
+
+    def __init__(self, offset: float, loop: AbstractEventLoop | None, token: Any) -> None:
+        self.offset = offset
+        self._loop = loop
+        self._token = token
+
+    def __repr__(self) -> str:
+        kind = "asyncio" if self._loop is not None else "trio"
+        return f"<Home {kind} offset={self.offset:.6f}>"
+
+    def deadline(self, when: float) -> float:
+        """``when`` (process timeline) on this loop's clock, never early.
+
+        ``loop time + offset`` is rounded: the plain difference can land a hair
+        before ``when``, and a waiter woken there would find its slot not yet
+        free and sleep again until the same instant, for ever on a mock clock.
+        """
+        offset = self.offset
+        local = when - offset
+        while local + offset < when:
+            local = math.nextafter(local, math.inf)
+        return local
+
+    def soon(self, callback: Callable[[], object]) -> bool:
+        """Run ``callback`` on this loop soon, from any thread; ``False`` if the loop is gone."""
+        loop = self._loop
+        if loop is not None:
+            if loop.is_closed():
+                return False
+            try:
+                loop.call_soon_threadsafe(callback)
+            except RuntimeError:  # closed meanwhile
+                return False
+            return True
+        import trio
+
+        try:
+            self._token.run_sync_soon(callback)
+        except trio.RunFinishedError:
+            return False
+        return True
+
+    def running(self) -> bool:
+        """Whether the loop runs now (an asyncio loop may be stopped and run again later).
+
+        A trio run cannot stop while its tasks wait, so a trio home always answers yes;
+        a finished run shows up in :meth:`soon`.
+        """
+        loop = self._loop
+        return loop is None or loop.is_running()
+
+
+_Seen = tuple[object, object, float, Home]  # a loop, the registry it was seen in, offset, home
+
+_lock = threading.Lock()
+_homes: weakref.WeakKeyDictionary[object, Home] = weakref.WeakKeyDictionary()
+_pinned: dict[int, tuple[object, Home]] = {}  # loops that refuse weak references
+#: Process time = time.monotonic() + _shift; ``None`` until a loop anchors it.
+_shift: float | None = None
+_NOBODY: _Seen = (None, None, 0.0, Home(0.0, None, None))
+#: The last loop seen by any thread (one global read on the hot path)...
+_last: _Seen = _NOBODY
+#: ...and by this thread (several threads, each with its own loop).
+_cache = threading.local()
+
+
+def reset() -> None:
+    """Forget every loop; the next one seen anchors the timeline again.
+
+    Only for test suites between tests (each test's loop then keeps its own
+    clock as the timeline): state kept on the old timeline means nothing after.
+    """
+    global _homes, _shift  # the registry is replaced, so threads' caches see the change
+    with _lock:
+        _homes = weakref.WeakKeyDictionary()
+        _pinned.clear()
+        _shift = None
+
+
+def _seen(key: object) -> _Seen:
+    """The home of ``key`` (a loop or a trio token), registering it the first time."""
+    global _last  # the one-entry cache of the hot path
+    seen: _Seen = getattr(_cache, "seen", _NOBODY)
+    if seen[0] is not key or seen[1] is not _homes:
+        if isinstance(key, AbstractEventLoop):
+            home = _register(key, key.time(), key)
+        else:
+            import trio
+
+            home = _register(key, trio.current_time(), None)
+        seen = _cache.seen = (key, _homes, home.offset, home)
+    _last = seen
+    return seen
+
+
+def _register(key: object, loop_now: float, loop: AbstractEventLoop | None) -> Home:
+    global _shift  # the anchor of the timeline, set by the first loop
+    with _lock:
+        homes = _homes
+        home = homes.get(key)
+        if home is None:
+            pinned = _pinned.get(id(key))
+            if pinned is not None and pinned[0] is key:
+                home = pinned[1]
+        if home is None:
+            mono = _monotonic()
+            if _shift is None:
+                _shift = loop_now - mono
+            home = Home(mono + _shift - loop_now, loop, None if loop is not None else key)
+            try:
+                homes[key] = home
+            except TypeError:  # pragma: no cover - a loop class without __weakref__
+                _pinned[id(key)] = (key, home)
+    return home
+
+
+def _trio_now() -> tuple[float, Home] | None:
+    try:
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+        now = trio.current_time()
+    except (ImportError, RuntimeError):
+        return None
+    seen = _last
+    if seen[0] is not token or seen[1] is not _homes:
+        seen = _seen(token)
+    return now + seen[2], seen[3]
+
+
+def _idle_time() -> float:
+    shift = _shift
+    return _monotonic() + (0.0 if shift is None else shift)
 
 
 def current_time() -> float:
-    """``anyio.current_time()``, a few times faster on asyncio."""
+    """Now on the process timeline (see the module's docstring)."""
     if _library_local is not None:
         name = _library_local.name
         if name is None:
             name = _library_cvar.get()
         if name is not None and name != "asyncio":
-            return _anyio_time()
+            found = _trio_now()
+            return _idle_time() if found is None else found[0]
     loop = _get_running_loop()
     if loop is not None:
-        return loop.time()
-    return _anyio_time()
+        seen = _last
+        if seen[0] is not loop or seen[1] is not _homes:
+            seen = _seen(loop)
+        return loop.time() + seen[2]
+    return _idle_time()
+
+
+def current_home() -> Home | None:
+    """The running loop's :class:`Home` (``None`` outside any loop)."""
+    if _library_local is not None:
+        name = _library_local.name
+        if name is None:
+            name = _library_cvar.get()
+        if name is not None and name != "asyncio":
+            found = _trio_now()
+            return None if found is None else found[1]
+    loop = _get_running_loop()
+    if loop is None:
+        return None
+    seen = _last
+    if seen[0] is not loop or seen[1] is not _homes:
+        seen = _seen(loop)
+    return seen[3]

@@ -67,6 +67,8 @@ import contextlib
 import itertools
 import logging
 import math
+import os
+import threading
 import time
 import weakref
 from collections import deque
@@ -78,7 +80,8 @@ import anyio
 import attrs
 
 from ._catalogue import GROUP_LIMITS, IP_LIMIT, Endpoint, get_endpoint
-from ._clock import current_time
+from ._clock import Home, current_home, current_time
+from ._clock import reset as reset_clock
 from ._errors import MAX_RETRY_AFTER, ApiEntrepriseError, RateLimitError, retry_after_seconds
 from ._response import _Window, parse_rate_limit, parse_window
 from .backends import (
@@ -121,6 +124,8 @@ _DRIFT = 5e-4
 _EPOCH_RESET = 1e9
 #: Numbers the governors built without a backend (the prefix of their token buckets).
 _PRIVATE = itertools.count(1)
+#: The lock over a backend's queues (re-entrant: in memory it is the backend's own).
+_Lock = threading.RLock
 
 
 def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -271,7 +276,7 @@ class BucketSnapshot:
 
 @attrs.frozen
 class GovernorSnapshot:
-    """Every bucket and the counters, at ``now`` (the anyio clock)."""
+    """Every bucket and the counters, at ``now`` (the process timeline, see :mod:`._clock`)."""
 
     now: float
     buckets: Mapping[str, BucketSnapshot]
@@ -311,7 +316,7 @@ class _Entry:
 
 
 class _Queue:
-    """FIFO of waiters for one bucket."""
+    """FIFO of waiters for one bucket (under the governor's lock), whatever loop they are on."""
 
     __slots__ = ("entries", "size")
 
@@ -326,10 +331,17 @@ class _Queue:
         return entry
 
     def head(self) -> _Waiter | None:
+        """The first waiter whose loop runs (one of a stopped loop steps out: _Waiter.evict)."""
         entries = self.entries
-        while entries and not entries[0].alive:
+        while entries:
+            entry = entries[0]
+            if entry.alive:
+                waiter = entry.waiter
+                if waiter.home.running():
+                    return waiter
+                waiter.evict()
             entries.popleft()
-        return entries[0].waiter if entries else None
+        return None
 
     def remove(self, entry: _Entry) -> None:
         if entry.alive:
@@ -339,40 +351,162 @@ class _Queue:
 
 
 class _Waiter:
-    """One queued call."""
+    """One queued call, asleep on its own event loop.
 
-    __slots__ = ("bucket_entry", "event", "for_release", "ip_entry", "kicked", "route", "scope")
+    Every field is read and written under the governor's lock. Another loop
+    never touches the waiter's event or cancel scope: it records the wake-up
+    time in ``kicked`` and asks the waiter's loop to apply it (:meth:`wake_at`).
+    """
 
-    def __init__(self, route: _Route) -> None:
+    __slots__ = (
+        "bucket_entry",
+        "bucket_queue",
+        "event",
+        "evicted",
+        "for_release",
+        "home",
+        "ip_entry",
+        "ip_queue",
+        "kicked",
+        "lock",
+        "route",
+        "scheduled",
+        "scope",
+        "until",
+    )
+
+    def __init__(self, route: _Route, home: Home, lock: _Lock, bucket: _Queue, ip: _Queue) -> None:
         self.route = route
+        self.home = home
+        self.lock = lock
         self.scope: anyio.CancelScope | None = None
         self.event: anyio.Event | None = None
+        self.until = _INF  # when it wakes on its own, on the process timeline
+        # The earliest wake-up asked for and not yet applied (-inf: at once).
         self.kicked = _INF
         # Sleeping until a release (its own deadline, if any, is only max_wait's).
         self.for_release = False
+        self.scheduled = False  # a wake-up is on its way to its loop
+        self.evicted = False  # taken out of the queues while its loop was stopped
+        self.bucket_queue = bucket
+        self.ip_queue = ip
         self.bucket_entry: _Entry | None = None
         self.ip_entry: _Entry | None = None
 
-    def wake_at(self, when: float) -> None:
-        """Make the waiter wake no later than ``when``."""
+    def wake_at(self, when: float) -> bool:
+        """Make the waiter wake no later than ``when`` (lock held; any thread or loop).
+
+        Returns ``False`` when its loop is gone: it was taken out of the queues.
+        """
+        if when < self.kicked:
+            self.kicked = when
+        if self.scope is None:
+            return True  # not asleep (between two awaits): it reads kicked before sleeping
+        home = self.home
+        if home is current_home():
+            self.apply()
+            return True
+        if self.scheduled:
+            return True
+        self.scheduled = True
+        if home.soon(self._deliver):
+            return True
+        self.scheduled = False
+        self.evict()
+        return False
+
+    def apply(self) -> None:
+        """On the waiter's own loop, lock held: act on ``kicked``."""
+        when = self.kicked
         scope = self.scope
-        if scope is None or self.event is None:
-            # Not asleep (between two awaits): it reads this before sleeping again.
-            self.kicked = min(self.kicked, when)
-        elif when == -_INF or when <= current_time():
+        if when == _INF or scope is None:
+            return
+        self.kicked = _INF
+        if when == -_INF or when <= current_time():
+            assert self.event is not None
             self.event.set()  # wake now: far cheaper than a deadline's cancellation
-        elif when < scope.deadline:
-            scope.deadline = when
+        elif when < self.until:
+            self.until = when
+            scope.deadline = self.home.deadline(when)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            self.scheduled = False
+            self.apply()
+
+    def evict(self) -> None:
+        """Step out of the queues: its loop stopped, and must not hold the others up.
+
+        A loop that ends cancels its tasks, whose waiters leave by themselves;
+        this is for a loop stopped with tasks still waiting (``run_until_complete``
+        returning, a loop closed without cancelling them). When the loop runs
+        again the waiter wakes and queues again, at the back.
+        """
+        for entry, queue in (
+            (self.bucket_entry, self.bucket_queue),
+            (self.ip_entry, self.ip_queue),
+        ):
+            if entry is not None and entry.alive:
+                entry.alive = False
+                queue.size -= 1
+        self.bucket_entry = None
+        self.ip_entry = None
+        self.evicted = True
+        self.kicked = -_INF
+        if self.scope is not None and not self.scheduled:
+            self.scheduled = self.home.soon(self._deliver)
 
     def asleep_on_release(self) -> bool:
         """Asleep with no wake-up time: only a release can move it."""
         return self.scope is not None and self.for_release
 
 
+class _Shared:
+    """What governors sharing one backend share: its queues, and the lock over them."""
+
+    __slots__ = ("lock", "queues")
+
+    def __init__(self, lock: _Lock) -> None:
+        self.lock = lock
+        self.queues: dict[str, _Queue] = {}
+
+
 # Governors sharing a backend share its queues, so a release by one wakes the other's waiters.
-_QUEUES: weakref.WeakKeyDictionary[GovernorBackend, dict[str, _Queue]] = weakref.WeakKeyDictionary()
+_SHARED: weakref.WeakKeyDictionary[GovernorBackend, _Shared] = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()
 _default_backend: InMemoryBackend | None = None
 _default_governor: Governor | None = None
+
+
+def _shared_for(backend: GovernorBackend) -> _Shared:
+    with _registry_lock:
+        shared = _SHARED.get(backend)
+        if shared is None:
+            # In memory, the backend's own lock: one lock per permit, not two.
+            lock = backend._lock if isinstance(backend, InMemoryBackend) else threading.RLock()
+            shared = _SHARED[backend] = _Shared(lock)
+        return shared
+
+
+_held_at_fork: list[_Lock] = []
+
+
+def _before_fork() -> None:
+    # A lock another thread holds at fork() would stay held for ever in the child.
+    _registry_lock.acquire()
+    _held_at_fork[:] = [shared.lock for shared in list(_SHARED.values())]
+    for lock in _held_at_fork:
+        lock.acquire()
+
+
+def _after_fork() -> None:
+    for lock in reversed(_held_at_fork):
+        lock.release()
+    _held_at_fork.clear()
+    _registry_lock.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
 
 
 def default_backend() -> InMemoryBackend:
@@ -381,10 +515,10 @@ def default_backend() -> InMemoryBackend:
     So the IP bucket (key ``"ip"``) is one per process, whatever the limits of
     each client. Token buckets (and their 429 pauses) are shared by the clients
     of the default governor and by governors given this backend explicitly; a
-    ``Governor()`` built without a backend keeps its own. It
-    is not thread-safe: use it from one event loop at a time (it forgets
-    everything when it sees the clock of a new loop go backwards; a test suite
-    can call its :meth:`~InMemoryBackend.clear` between tests).
+    ``Governor()`` built without a backend keeps its own. Safe from any thread
+    and any event loop, at once or one after another: its times are on one
+    process-wide timeline (a test suite resets it between tests with
+    :func:`apientreprise_async.testing.reset_default_governor`).
 
     Processes of one host share it too: alone, it keeps its buckets in memory;
     once another live process of the host uses its default backend, both move
@@ -395,7 +529,8 @@ def default_backend() -> InMemoryBackend:
     .. versionadded:: 0.1.0
     """
     global _default_backend  # lazily created process-wide singleton
-    if _default_backend is None:
+    backend = _default_backend
+    if backend is None:
         make: Callable[[], InMemoryBackend] = InMemoryBackend
         try:
             from ._sharing import new_default_backend
@@ -403,19 +538,49 @@ def default_backend() -> InMemoryBackend:
             make = new_default_backend
         except ImportError:  # pragma: no cover - no fcntl (Windows): this process alone
             pass
-        _default_backend = make()
-    return _default_backend
+        with _registry_lock:
+            if _default_backend is None:
+                _default_backend = make()
+            backend = _default_backend
+    return backend
 
 
 def default_governor() -> Governor:
     """The governor every client uses unless given one (default :class:`Limits`).
 
+    One per process, shared by every thread and event loop (see :func:`default_backend`).
+
     .. versionadded:: 0.1.0
     """
     global _default_governor  # lazily created process-wide singleton
-    if _default_governor is None:
-        _default_governor = Governor(backend=default_backend())
-    return _default_governor
+    governor = _default_governor
+    if governor is None:
+        candidate = Governor(backend=default_backend())
+        with _registry_lock:
+            if _default_governor is None:
+                _default_governor = candidate
+            governor = _default_governor
+    return governor
+
+
+def reset_default() -> None:
+    """Forget the process-wide governor's state: for test suites, between tests.
+
+    The next :func:`default_governor` is a new one (fresh counters) on the
+    same, now empty, :func:`default_backend`, and the next event loop seen
+    anchors the governor's timeline (so a test on trio's ``MockClock`` sees
+    its own clock in snapshots). Clients built earlier keep the governor they
+    were given. Call it only while no call is in flight or queued.
+
+    .. versionadded:: 0.1.0
+    """
+    global _default_governor  # dropped: the next default_governor() builds a fresh one
+    with _registry_lock:
+        _default_governor = None
+        backend = _default_backend
+    if backend is not None:
+        backend.clear()
+    reset_clock()
 
 
 def _lower(headers: Mapping[str, str]) -> Mapping[str, str]:
@@ -544,15 +709,27 @@ class Permit:
         if route is None:
             route = governor._route(self._token, endpoint)
         # The hot path, inlined: nobody queued (FIFO: never overtake a waiter), both
-        # buckets free. In memory, no coroutine: acquiring never waits there.
-        if not route.bucket_queue.size and not route.ip_queue.size:
-            memory = governor._memory
-            if memory is not None:
-                result = memory._acquire_lane(route.lane)
-            else:
-                result = await governor._backend.acquire(route.requests)
+        # buckets free. In memory, no coroutine: acquiring never waits there, and
+        # one lock covers the queues and the buckets.
+        memory = governor._memory
+        if memory is not None:
+            # acquire()/release() rather than ``with``: measurably cheaper on this path.
+            governor._lock_acquire()
+            try:
+                if not route.bucket_queue.size and not route.ip_queue.size:
+                    result = memory._acquire_lane(route.lane)
+                    if type(result) is Grant:
+                        governor._grants += 1
+                        self._grant = result
+                        self._route = route
+                        return self
+            finally:
+                governor._lock_release()
+        elif not route.bucket_queue.size and not route.ip_queue.size:
+            result = await governor._backend.acquire(route.requests)
             if type(result) is Grant:
-                governor._grants += 1
+                with governor._lock:
+                    governor._grants += 1
                 self._grant = result
                 self._route = route
                 return self
@@ -578,37 +755,43 @@ class Permit:
         route = self._route
         feedback = self._feedback
         end: float | None
-        if self._sent:
-            answered = self._answered
-            end = (answered if answered is not None else current_time()) + governor._hold
-            if feedback is None:
-                # The hot path: nothing to learn.
-                memory._release_sent(grant, end, None if route is None else route.lane)
-                changed = False
-                if answered is not None and grant.probing[0]:
-                    governor._blind_probe(self, grant)
+        learned: Learned | None = None
+        governor._lock_acquire()
+        try:
+            if self._sent:
+                answered = self._answered
+                end = (answered if answered is not None else current_time()) + governor._hold
+                if feedback is None:
+                    # The hot path: nothing to learn.
+                    memory._release_sent(grant, end, None if route is None else route.lane)
+                    if answered is not None and grant.probing[0]:
+                        governor._blind_probe(self, grant)
+                else:
+                    learned = memory.release_now(grant, end=end, feedback=feedback)
             else:
-                learned = memory.release_now(grant, end=end, feedback=feedback)
-                changed = learned is not None and learned is not Learned.SAME
-                if learned is not None and changed:
-                    await governor._learned(memory, self, grant, learned, feedback)
-                if self._split is not None:
-                    await governor._split_family(self, self._split, feedback)
-        else:
-            end = None
-            learned = memory.release_now(grant, end=None, feedback=feedback)
+                end = None
+                learned = memory.release_now(grant, end=None, feedback=feedback)
             changed = learned is not None and learned is not Learned.SAME
-            if learned is not None and changed and feedback is not None:
+            # What the answer taught beyond the release runs after the lock (it may await).
+            more = changed or self._split is not None or self._lower_to is not None
+            if not more and (
+                route is None
+                or route.requests is not grant.requests
+                or route.bucket_queue.size
+                or route.ip_queue.size
+            ):
+                governor._wake_heads(grant, end, False)
+        finally:
+            governor._lock_release()
+        if more:
+            if changed and learned is not None and feedback is not None:
                 await governor._learned(memory, self, grant, learned, feedback)
-        if self._lower_to is not None:
-            await governor._lower_limit(grant, self._lower_to)
-        if (
-            route is None
-            or route.requests is not grant.requests
-            or route.bucket_queue.size
-            or route.ip_queue.size
-        ):
-            governor._wake_heads(grant, end, changed)
+            if self._split is not None and self._sent and feedback is not None:
+                await governor._split_family(self, self._split, feedback)
+            if self._lower_to is not None:
+                await governor._lower_limit(grant, self._lower_to)
+            with governor._lock:
+                governor._wake_heads(grant, end, changed)
 
     @property
     def operation_id(self) -> str:
@@ -641,7 +824,8 @@ class Permit:
             if paused != -_INF:
                 now = current_time()
                 if paused > now:
-                    self._governor._rejections += 1
+                    with self._governor._lock:
+                        self._governor._rejections += 1
                     raise RateLimitError(
                         f"{self.operation_id}: bucket {request.key} paused after a 429",
                         retry_after=paused - now,
@@ -664,11 +848,13 @@ class Permit:
         slack = limits.period * limits.margin
         feedback: Feedback | None = None
         if rate_limit is not None:
-            if status == 429:
-                # Refused: whatever the bounds said, start again from what the answers prove.
-                governor._server_clock = _ServerClock()
-            # The end of the server window that counted this call, on our clock (at the latest).
-            ends = governor._window_end(rate_limit.reset_epoch, headers, self._sent_at, now)
+            # The clock bounds are the governor's, shared by every thread: one at a time.
+            with governor._lock:
+                if status == 429:
+                    # Refused: whatever the bounds said, start again from what the answers prove.
+                    governor._server_clock = _ServerClock()
+                # The end of the server window that counted this call, on our clock (at the latest).
+                ends = governor._window_end(rate_limit.reset_epoch, headers, self._sent_at, now)
             # The window opened a period before its end (a margin earlier, to be safe).
             opened = ends - limits.period - slack
             feedback = self._feedback = Feedback(
@@ -680,9 +866,11 @@ class Permit:
                 opened + limits.hold,
             )
             if self._endpoint.per_endpoint and status != 429:
-                self._split = governor._separate(self, rate_limit)
+                with governor._lock:
+                    self._split = governor._separate(self, rate_limit)
         if status == 429:
-            governor._rate_limited += 1
+            with governor._lock:
+                governor._rate_limited += 1
             grant = self._grant
             seconds = _retry_after(headers, governor._wall_clock())
             until = -_INF
@@ -695,7 +883,8 @@ class Permit:
                 # Nothing tells which window refused the call, or what it counted.
                 until = now + limits.period + slack
                 if grant is not None and parse_rate_limit(headers) is None:
-                    self._lower_to = governor._counted(grant, until, now)
+                    with governor._lock:
+                        self._lower_to = governor._counted(grant, until, now)
             if grant is not None:
                 governor._backend.pause(grant.requests[0].key, until)
 
@@ -731,11 +920,15 @@ class Governor:
         # the IP bucket's key has none, so the process ceiling still holds.
         self._scope = "" if backend is not None else f"governor-{next(_PRIVATE)}:"
         self._backend: GovernorBackend = default_backend() if backend is None else backend
+        shared = _shared_for(self._backend)
         if self._scope:
             # Its buckets would otherwise outlive it in the process backend.
             weakref.finalize(self, _forget_scope, self._backend, self._scope)
         self.limits = limits or Limits()  # after the backend: the setter tells it the hold
-        self._queues = _queues_for(self._backend)
+        self._queues = shared.queues
+        self._lock = shared.lock
+        self._lock_acquire = shared.lock.acquire
+        self._lock_release = shared.lock.release
         # The in-memory backend, when its coroutines can be skipped: nothing in
         # it waits, so its synchronous twins do the same, a coroutine cheaper.
         backend_type = type(self._backend)
@@ -780,12 +973,13 @@ class Governor:
             note_hold(limits.hold)
 
     def __repr__(self) -> str:
-        queued = sum(q.size for q in self._queues.values())
-        wakes = [
-            w.scope.deadline
-            for q in self._queues.values()
-            if (w := q.head()) is not None and w.scope is not None
-        ]
+        with self._lock:
+            queued = sum(q.size for q in self._queues.values())
+            wakes = [
+                w.until
+                for q in list(self._queues.values())
+                if (w := q.head()) is not None and w.scope is not None
+            ]
         next_wake = f"{min(wakes):.3f}" if wakes and min(wakes) != _INF else "none"
         return (
             f"<Governor period={self.limits.period:g}s routes={len(self._routes)} "
@@ -810,28 +1004,35 @@ class Governor:
     @property
     def counters(self) -> Counters:
         """Totals since creation."""
-        return Counters(
-            grants=self._grants,
-            waits=self._waits,
-            wait_time=self._wait_time,
-            rate_limited=self._rate_limited,
-            rejections=self._rejections,
-            wakeups=self._wakeups,
-        )
+        with self._lock:
+            return Counters(
+                grants=self._grants,
+                waits=self._waits,
+                wait_time=self._wait_time,
+                rate_limited=self._rate_limited,
+                rejections=self._rejections,
+                wakeups=self._wakeups,
+            )
 
     def snapshot(self) -> GovernorSnapshot:
-        """Per bucket: limit, calls in the current period, queue length, next free time."""
+        """Per bucket: limit, calls in the current period, queue length, next free time.
+
+        Times are on the process timeline (the running loop's clock in a
+        program with one loop; see :func:`default_backend`).
+        """
         backend = self._backend
         scope = self._scope
+        states = backend.snapshot()
         buckets = {}
-        for key, state in backend.snapshot().items():
-            shown = key
-            if scope and key != IP_KEY:
-                if not key.startswith(scope):
-                    continue  # another governor's bucket in the shared backend
-                shown = key.removeprefix(scope)
-            bucket = BucketSnapshot._of(state, self._queued(key))
-            buckets[shown] = attrs.evolve(bucket, key=shown) if shown != key else bucket
+        with self._lock:
+            for key, state in states.items():
+                shown = key
+                if scope and key != IP_KEY:
+                    if not key.startswith(scope):
+                        continue  # another governor's bucket in the shared backend
+                    shown = key.removeprefix(scope)
+                bucket = BucketSnapshot._of(state, self._queued(key))
+                buckets[shown] = attrs.evolve(bucket, key=shown) if shown != key else bucket
         return GovernorSnapshot(current_time(), buckets, self.counters)
 
     def _window_end(
@@ -880,25 +1081,26 @@ class Governor:
         return self._backend
 
     def _route(self, token: str, endpoint: Endpoint) -> _Route:
-        route = self._routes.get((token, endpoint.operation_id))
-        if route is None:
-            limits = self.limits
-            name, limit = limits.bucket_for(endpoint)
-            bucket = SlotRequest(
-                f"{self._scope}{token}/{name}",
-                limit,
-                endpoint.operation_id,
-                limits.slow_start,
-                limits.is_ceiling(endpoint),
-            )
-            route = _Route(
-                (bucket, SlotRequest(IP_KEY, limits.ip)),
-                limit,
-                self._queue(bucket.key),
-                self._queue(IP_KEY),
-            )
-            self._routes[(token, endpoint.operation_id)] = route
-        return route
+        with self._lock:
+            route = self._routes.get((token, endpoint.operation_id))
+            if route is None:
+                limits = self.limits
+                name, limit = limits.bucket_for(endpoint)
+                bucket = SlotRequest(
+                    f"{self._scope}{token}/{name}",
+                    limit,
+                    endpoint.operation_id,
+                    limits.slow_start,
+                    limits.is_ceiling(endpoint),
+                )
+                route = _Route(
+                    (bucket, SlotRequest(IP_KEY, limits.ip)),
+                    limit,
+                    self._queue(bucket.key),
+                    self._queue(IP_KEY),
+                )
+                self._routes[(token, endpoint.operation_id)] = route
+            return route
 
     def _queue(self, key: str) -> _Queue:
         queue = self._queues.get(key)
@@ -922,7 +1124,8 @@ class Governor:
         now = current_time()
         when = await self._eta(backend, route)
         if when - now > max_wait:
-            self._rejections += 1
+            with self._lock:
+                self._rejections += 1
             raise RateLimitError(
                 f"{endpoint.operation_id}: no slot before {when - now:.3f} s "
                 f"(max_wait={max_wait:g} s)",
@@ -951,75 +1154,132 @@ class Governor:
         route: _Route,
         max_wait: float | None,
     ) -> Grant:
+        lock = self._lock
+        memory = self._memory
         start = current_time()
         deadline = None if max_wait is None else start + max_wait
-        waiter = _Waiter(route)
-        bucket_queue = self._queue(route.requests[0].key)
-        ip_queue = self._queue(IP_KEY)
-        waiter.bucket_entry = bucket_queue.push(waiter)
-        self._waits += 1
+        home = current_home()
+        assert home is not None  # a permit is entered in a task
+        with lock:
+            waiter = _Waiter(
+                route, home, lock, self._queue(route.requests[0].key), self._queue(IP_KEY)
+            )
+            waiter.bucket_entry = waiter.bucket_queue.push(waiter)
+            self._waits += 1
         granted = False
         try:
             while True:
-                if bucket_queue.head() is not waiter:
+                with lock:
+                    if waiter.evicted:
+                        # Its loop was stopped a while: back in the queue, at the back.
+                        waiter.evicted = False
+                        waiter.bucket_entry = waiter.bucket_queue.push(waiter)
+                    first = waiter.bucket_queue.head() is waiter
+                    current = self._route(token, endpoint) if first else waiter.route
+                if not first:
                     await self._sleep(waiter, _INF, deadline, endpoint)
                     continue
-                current = self._route(token, endpoint)
                 if current is not waiter.route:
                     # The server showed that this operation has a bucket of its own.
-                    self._leave(waiter, bucket_queue, ip_queue)
-                    await self._schedule_head(backend, bucket_queue)
-                    waiter.route = current
-                    bucket_queue = self._queue(current.requests[0].key)
-                    waiter.bucket_entry = bucket_queue.push(waiter)
+                    with lock:
+                        left = waiter.bucket_queue
+                        self._leave(waiter)
+                        waiter.route = current
+                        waiter.bucket_queue = self._queue(current.requests[0].key)
+                        waiter.bucket_entry = waiter.bucket_queue.push(waiter)
+                    await self._schedule_head(left)
                     continue
-                result = await backend.acquire(waiter.route.requests)
-                if type(result) is Grant:
-                    granted = True
-                    self._grants += 1
-                    self._wait_time += current_time() - start
-                    was_ip = waiter.ip_entry is not None
-                    self._leave(waiter, bucket_queue, ip_queue)
-                    await self._schedule_head(backend, bucket_queue)
-                    if was_ip:
-                        await self._schedule_head(backend, ip_queue)
-                    return result
-                assert isinstance(result, Blocked)
-                bucket_ready, ip_ready = result.ready
-                now = current_time()
-                if bucket_ready is None or bucket_ready > now:
-                    if waiter.ip_entry is not None:
-                        ip_queue.remove(waiter.ip_entry)
-                        waiter.ip_entry = None
-                        await self._schedule_head(backend, ip_queue)
-                    await self._sleep(waiter, bucket_ready, deadline, endpoint)
+                requests = waiter.route.requests
+                if memory is not None:
+                    # One lock over the acquire and the queues: no release slips in between.
+                    with lock:
+                        result = memory.acquire_now(requests)
+                        grant, until, rescheduled = self._took(waiter, result, start)
+                        for queue in rescheduled:
+                            self._schedule_head_now(memory, queue)
                 else:
-                    if waiter.ip_entry is None:
-                        waiter.ip_entry = ip_queue.push(waiter)
-                    first = ip_queue.head() is waiter
-                    await self._sleep(waiter, ip_ready if first else _INF, deadline, endpoint)
+                    result = await backend.acquire(requests)
+                    with lock:
+                        grant, until, rescheduled = self._took(waiter, result, start)
+                    for queue in rescheduled:
+                        await self._schedule_head(queue)
+                if grant is not None:
+                    granted = True
+                    return grant
+                await self._sleep(waiter, until, deadline, endpoint)
         finally:
             if not granted:
                 # Cancelled or refused: leave without a trace, and pass the turn on.
-                self._leave(waiter, bucket_queue, ip_queue)
-                self._kick(bucket_queue)
-                self._kick(ip_queue)
+                with lock:
+                    self._leave(waiter)
+                    self._kick(waiter.bucket_queue)
+                    self._kick(waiter.ip_queue)
+
+    def _took(
+        self, waiter: _Waiter, result: Grant | Blocked, start: float
+    ) -> tuple[Grant | None, float | None, tuple[_Queue, ...]]:
+        """After the head's acquire (lock held): the grant, or how long to sleep.
+
+        Also the queues whose new head needs its wake-up time.
+        """
+        if type(result) is Grant:
+            self._grants += 1
+            self._wait_time += current_time() - start
+            was_ip = waiter.ip_entry is not None
+            self._leave(waiter)
+            if was_ip:
+                return result, None, (waiter.bucket_queue, waiter.ip_queue)
+            return result, None, (waiter.bucket_queue,)
+        assert isinstance(result, Blocked)
+        bucket_ready, ip_ready = result.ready
+        if bucket_ready is None or bucket_ready > current_time():
+            if waiter.ip_entry is not None:
+                waiter.ip_queue.remove(waiter.ip_entry)
+                waiter.ip_entry = None
+                return None, bucket_ready, (waiter.ip_queue,)
+            return None, bucket_ready, ()
+        if waiter.ip_entry is None:
+            waiter.ip_entry = waiter.ip_queue.push(waiter)
+        first = waiter.ip_queue.head() is waiter
+        return None, ip_ready if first else _INF, ()
 
     @staticmethod
-    def _leave(waiter: _Waiter, bucket_queue: _Queue, ip_queue: _Queue) -> None:
+    def _leave(waiter: _Waiter) -> None:
         if waiter.bucket_entry is not None:
-            bucket_queue.remove(waiter.bucket_entry)
+            waiter.bucket_queue.remove(waiter.bucket_entry)
             waiter.bucket_entry = None
         if waiter.ip_entry is not None:
-            ip_queue.remove(waiter.ip_entry)
+            waiter.ip_queue.remove(waiter.ip_entry)
             waiter.ip_entry = None
 
-    async def _schedule_head(self, backend: GovernorBackend, queue: _Queue) -> None:
+    async def _schedule_head(self, queue: _Queue) -> None:
         """Give the new head of ``queue`` its exact wake-up time (one wake-up, not a herd)."""
-        head = queue.head()
-        if head is None:
+        memory = self._memory
+        lock = self._lock
+        if memory is not None:
+            with lock:
+                self._schedule_head_now(memory, queue)
             return
-        bucket_ready, ip_ready = await backend.ready(head.route.requests)
+        for _ in range(3):  # the head may change while the backend answers; never spin
+            with lock:
+                head = queue.head()
+            if head is None:
+                return
+            ready = await self._backend.ready(head.route.requests)
+            with lock:
+                if queue.head() is head and self._wake_for(head, ready):
+                    return
+
+    def _schedule_head_now(self, memory: InMemoryBackend, queue: _Queue) -> None:
+        """:meth:`_schedule_head` in memory, lock held."""
+        while (head := queue.head()) is not None:
+            if self._wake_for(head, memory.ready_now(head.route.requests)):
+                return
+
+    @staticmethod
+    def _wake_for(head: _Waiter, ready: tuple[float | None, ...]) -> bool:
+        """Wake ``head`` when its buckets say it may go (``False``: its loop is gone)."""
+        bucket_ready, ip_ready = ready
         queued_for_ip = head.ip_entry is not None
         if bucket_ready is None:
             # Its bucket waits for an answer: a release wakes it (or it steps out of the IP queue).
@@ -1030,25 +1290,26 @@ class Governor:
             when = _INF if queued_for_ip else -_INF
         else:
             when = ip_ready
-        if when != _INF:
-            head.wake_at(when)
+        return when == _INF or head.wake_at(when)
 
     @staticmethod
     def _kick(queue: _Queue) -> None:
-        head = queue.head()
-        if head is not None:
-            head.wake_at(-_INF)
+        """Wake the head of ``queue`` at once (lock held)."""
+        while (head := queue.head()) is not None:
+            if head.wake_at(-_INF):
+                return
 
     async def _sleep(
         self, waiter: _Waiter, until: float | None, deadline: float | None, endpoint: Endpoint
     ) -> None:
         when = _INF if until is None else until
-        waiter.for_release = when == _INF
+        for_release = when == _INF
         if deadline is not None and when >= deadline:
             now = current_time()
             if now >= deadline:
-                self._rejections += 1
                 eta = await self._eta(self._backend, waiter.route)
+                with self._lock:
+                    self._rejections += 1
                 raise RateLimitError(
                     f"{endpoint.operation_id}: no slot within max_wait",
                     retry_after=max(eta, when if when != _INF else eta) - now,
@@ -1056,20 +1317,30 @@ class Governor:
                     operation_id=endpoint.operation_id,
                 )
             when = deadline
-        if waiter.kicked != _INF:
-            when = min(when, waiter.kicked)
-            waiter.kicked = _INF
-            if when <= current_time():
-                return  # woken before it fell asleep: look again at once
-        event = waiter.event = anyio.Event()
-        with anyio.CancelScope(deadline=when) as scope:
-            waiter.scope = scope
-            try:
+        lock = self._lock
+        with lock:
+            waiter.for_release = for_release
+            kicked = waiter.kicked
+            if kicked != _INF:
+                waiter.kicked = _INF
+                if kicked < when:
+                    when = kicked
+                if when <= current_time():
+                    return  # woken before it fell asleep: look again at once
+            event = waiter.event = anyio.Event()
+            # The deadline on the waiter's own loop clock.
+            scope = waiter.scope = anyio.CancelScope(deadline=waiter.home.deadline(when))
+            waiter.until = when
+        try:
+            with scope:
                 await event.wait()
-            finally:
+        finally:
+            with lock:
                 waiter.scope = None
                 waiter.event = None
-        self._wakeups += 1
+                waiter.until = _INF
+        with lock:
+            self._wakeups += 1
 
     async def _finish(self, permit: Permit, grant: Grant) -> None:
         """Release ``permit``'s slots, apply what its answer taught, wake whom it concerns."""
@@ -1086,11 +1357,13 @@ class Governor:
             await self._learned(backend, permit, grant, learned, feedback)
         if permit._split is not None and feedback is not None:
             await self._split_family(permit, permit._split, feedback)
-        if feedback is None and permit._answered is not None and grant.probing[0]:
-            self._blind_probe(permit, grant)
+        with self._lock:
+            if feedback is None and permit._answered is not None and grant.probing[0]:
+                self._blind_probe(permit, grant)
         if permit._lower_to is not None:
             await self._lower_limit(grant, permit._lower_to)
-        self._wake_heads(grant, end, changed)
+        with self._lock:
+            self._wake_heads(grant, end, changed)
 
     def _separate(self, permit: Permit, window: _Window) -> str | None:
         """The operation this answer shows to count apart from its family bucket, if any.
@@ -1131,9 +1404,10 @@ class Governor:
         await self._backend.seed(
             moved, feedback._replace(limit=limit, remaining=feedback.remaining - flying)
         )
-        self._routes[(token, op)] = _Route(
-            (moved, route.requests[1]), route.configured, self._queue(key), route.ip_queue
-        )
+        with self._lock:
+            self._routes[(token, op)] = _Route(
+                (moved, route.requests[1]), route.configured, self._queue(key), route.ip_queue
+            )
         if key not in self._logged:
             self._logged.add(key)
             _logger.warning(
@@ -1218,16 +1492,19 @@ class Governor:
             )
 
     def _wake_heads(self, grant: Grant, end: float | None, changed: bool) -> None:
-        """After a release: wake the heads of the queues it concerns, if it helps them."""
+        """After a release (lock held): wake the heads of the queues it concerns, if it helps."""
         queues = self._queues
         for request in grant.requests:
             queue = queues.get(request.key)
             if queue is not None and queue.size:
-                head = queue.head()
                 # A freed slot or a new limit helps now; a new occupancy end only
-                # helps a head that had no wake-up time at all.
-                if head is not None and (end is None or changed or head.asleep_on_release()):
-                    head.wake_at(-_INF)
+                # helps a head that had no wake-up time at all. A head whose loop
+                # is gone steps out, and the next one is asked.
+                while (head := queue.head()) is not None and (
+                    end is None or changed or head.asleep_on_release()
+                ):
+                    if head.wake_at(-_INF):
+                        break
 
     async def _learned(
         self,
@@ -1238,7 +1515,6 @@ class Governor:
         feedback: Feedback,
     ) -> None:
         request = grant.requests[0]
-        route = self._routes.get((permit._token, permit.operation_id))
         if learned is Learned.ADOPTED:
             if request.key not in self._logged:
                 self._logged.add(request.key)
@@ -1253,12 +1529,15 @@ class Governor:
         key = f"{request.key.split('@', 1)[0]}@{feedback.limit}"
         moved = SlotRequest(key, feedback.limit, request.op, request.probe)
         await backend.seed(moved, feedback)
-        if route is not None:
-            self._routes[(permit._token, permit.operation_id)] = _Route(
-                (moved, route.requests[1]), route.configured, self._queue(key), route.ip_queue
-            )
-        if key not in self._logged:
+        with self._lock:
+            route = self._routes.get((permit._token, permit.operation_id))
+            if route is not None:
+                self._routes[(permit._token, permit.operation_id)] = _Route(
+                    (moved, route.requests[1]), route.configured, self._queue(key), route.ip_queue
+                )
+            logged = key in self._logged
             self._logged.add(key)
+        if not logged:
             _logger.warning(
                 "operation %s shows a limit of %d, unlike the rest of %s: moved to bucket %s",
                 permit.operation_id,
@@ -1269,19 +1548,19 @@ class Governor:
 
 
 def _forget_scope(backend: GovernorBackend, scope: str) -> None:
-    """Drop the buckets and queues of a collected governor from the backend it shared."""
-    queues = _QUEUES.get(backend)
-    for table in (getattr(backend, "_buckets", None), queues):
-        if isinstance(table, dict):
-            for key in [key for key in list(table) if key.startswith(scope)]:
-                table.pop(key, None)
+    """Drop the buckets and queues of a collected governor from the backend it shared.
 
-
-def _queues_for(backend: GovernorBackend) -> dict[str, _Queue]:
-    queues = _QUEUES.get(backend)
-    if queues is None:
-        queues = _QUEUES[backend] = {}
-    return queues
+    A finalizer: it runs on whatever thread collects the governor, so it takes
+    the lock (re-entrant, in case that thread holds it already).
+    """
+    shared = _SHARED.get(backend)
+    if shared is None:
+        return
+    with shared.lock:
+        for table in (getattr(backend, "_buckets", None), shared.queues):
+            if isinstance(table, dict):
+                for key in [key for key in list(table) if key.startswith(scope)]:
+                    table.pop(key, None)
 
 
 def wake_waiters(backend: GovernorBackend, key: str) -> None:
@@ -1291,9 +1570,10 @@ def wake_waiters(backend: GovernorBackend, key: str) -> None:
     new limit: the local release that would otherwise wake the head happened
     elsewhere. The head looks again (one ``acquire``); the others keep sleeping.
     """
-    queues = _QUEUES.get(backend)
-    queue = None if queues is None else queues.get(key)
-    if queue is not None and queue.size:
-        head = queue.head()
-        if head is not None:
-            head.wake_at(-_INF)
+    shared = _SHARED.get(backend)
+    if shared is None:
+        return
+    with shared.lock:
+        queue = shared.queues.get(key)
+        if queue is not None and queue.size:
+            Governor._kick(queue)

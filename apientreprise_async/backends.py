@@ -34,7 +34,11 @@ The occupancy model, which every backend must follow:
 Since 0.2 (issue 20) a backend must apply the ``reset_at`` rule above; the
 conformance suite checks it (``occupied_until_window_end``).
 
-All times are values of the governor's anyio clock (``anyio.current_time``).
+All times are on the governor's process timeline (``_clock.current_time``):
+one monotonic clock for every thread and event loop of the process, which
+each loop's clock maps onto with an offset. :class:`InMemoryBackend` is
+thread-safe: one re-entrant lock guards its buckets (and the governor's
+queues over them).
 
 .. versionadded:: 0.1.0
 """
@@ -43,10 +47,12 @@ from __future__ import annotations
 
 import enum
 import logging
+import functools
 import math
+import threading
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -75,6 +81,39 @@ _logger = logging.getLogger("apientreprise_async.governor")
 _NEG_INF = -math.inf
 _NOT_PROBING = (False, False)
 _tuple_new = tuple.__new__
+#: How far back the timeline may seem to go before the state is taken as stale
+#: (only a test suite re-anchoring the timeline between tests moves it back).
+_BACKWARDS = 1.0
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_B = TypeVar("_B", bound="InMemoryBackend")
+
+
+def _locked(
+    method: Callable[Concatenate[_B, _P], _T],
+) -> Callable[Concatenate[_B, _P], _T]:
+    """Run ``method`` under the backend's lock (any thread may call it)."""
+
+    @functools.wraps(method)
+    def locked(self: _B, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+def _locked_coroutine(
+    method: Callable[Concatenate[_B, _P], Coroutine[Any, Any, _T]],
+) -> Callable[Concatenate[_B, _P], Coroutine[Any, Any, _T]]:
+    """:func:`_locked` for a coroutine that never suspends (held across its await)."""
+
+    @functools.wraps(method)
+    async def locked(self: _B, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with self._lock:
+            return await method(self, *args, **kwargs)
+
+    return locked
 
 
 class SlotRequest(NamedTuple):
@@ -546,12 +585,15 @@ class InMemoryBackend:
     """Buckets held in this process (the default).
 
     Every :class:`~apientreprise_async.Governor` built without a backend
-    shares the event loop's default one, hence one IP bucket per process.
+    shares the process-wide one, hence one IP bucket per process. Safe to use
+    from any thread and any event loop: a lock guards every method.
 
     .. versionadded:: 0.1.0
     """
 
     def __init__(self) -> None:
+        # Re-entrant: the governor holds it around its queues and calls methods that take it.
+        self._lock = threading.RLock()
         self._buckets: dict[str, _Bucket] = {}
         self._generation = 0  # bumped whenever buckets are forgotten (see _Lane)
         self._last = -math.inf
@@ -562,8 +604,9 @@ class InMemoryBackend:
     def __repr__(self) -> str:
         return f"<InMemoryBackend buckets={len(self._buckets)}>"
 
+    @_locked
     def clear(self) -> None:
-        """Forget every bucket (between tests, or when the event loop changed)."""
+        """Forget every bucket (between tests)."""
         self._buckets.clear()
         self._generation += 1
         self._last = -math.inf
@@ -571,9 +614,14 @@ class InMemoryBackend:
 
     def _now(self) -> float:
         now = _current_time()
-        if now < self._last:
-            # A monotonic clock went back: a new event loop, whose times mean
-            # nothing to the old state (a test suite running loop after loop).
+        last = self._last
+        if now < last:
+            if now > last - _BACKWARDS:
+                # Two loops' offsets to the timeline differ by a few microseconds:
+                # never let time go back, or a slot would seem to free twice.
+                return last
+            # The timeline was re-anchored (a test suite between tests): the old
+            # times mean nothing now.
             self._buckets.clear()
             self._generation += 1
             self._paused_any = -math.inf
@@ -590,10 +638,12 @@ class InMemoryBackend:
             bucket.limit = request.limit
         return bucket
 
+    @_locked_coroutine
     async def acquire(self, requests: Sequence[SlotRequest]) -> Grant | Blocked:
         """Take one slot in every bucket of ``requests`` if all are free now, else none."""
         return self.acquire_now(requests)
 
+    @_locked
     def acquire_now(self, requests: Sequence[SlotRequest]) -> Grant | Blocked:
         """:meth:`acquire`, synchronously (nothing in memory needs to wait).
 
@@ -656,6 +706,11 @@ class InMemoryBackend:
 
     async def ready(self, requests: Sequence[SlotRequest]) -> tuple[float | None, ...]:
         """Earliest grant time per request, without taking anything."""
+        return self.ready_now(requests)
+
+    @_locked
+    def ready_now(self, requests: Sequence[SlotRequest]) -> tuple[float | None, ...]:
+        """:meth:`ready`, synchronously (see :meth:`acquire_now`)."""
         now = self._now()
         return tuple(self._bucket(r).ready(now, r) for r in requests)
 
@@ -665,6 +720,7 @@ class InMemoryBackend:
         """Give the slots of ``grant`` back (see :class:`GovernorBackend`)."""
         return self.release_now(grant, end=end, feedback=feedback)
 
+    @_locked
     def release_now(
         self, grant: Grant, *, end: float | None, feedback: Feedback | None = None
     ) -> Learned | None:
@@ -738,6 +794,7 @@ class InMemoryBackend:
                 bucket.release(occupied)
         return learned
 
+    @_locked_coroutine
     async def seed(self, request: SlotRequest, feedback: Feedback) -> None:
         """Create (or correct) a bucket whose real limit is already known."""
         bucket = self._bucket(request)
@@ -752,6 +809,7 @@ class InMemoryBackend:
             bucket.known.add(request.op)
         bucket.cap(feedback, now, others=bucket.open)
 
+    @_locked
     def pause(self, key: str, until: float) -> None:
         """Grant nothing in ``key`` before ``until``."""
         bucket = self._buckets.get(key)
@@ -765,6 +823,7 @@ class InMemoryBackend:
         bucket = self._buckets.get(key)
         return -math.inf if bucket is None else bucket.paused
 
+    @_locked_coroutine
     async def estimate(self, request: SlotRequest, position: int, hold: float) -> float:
         """When a call with ``position`` calls ahead would get a slot (a lower bound)."""
         now = self._now()
@@ -780,6 +839,7 @@ class InMemoryBackend:
             when = max(when, bucket.cap_until)
         return max(when, bucket.paused, now)
 
+    @_locked
     def snapshot(self) -> Mapping[str, BucketState]:
         """What this process knows of every bucket."""
         now = self._now()

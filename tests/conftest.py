@@ -58,11 +58,9 @@ def shared_or_skip() -> pathlib.Path:
 
 @pytest.fixture(autouse=True)
 def _fresh_process_governor() -> Any:
-    """Each test starts with a new process-wide governor (its clock belongs to one event loop)."""
-    from apientreprise_async import _governor
+    """Each test starts with a fresh process-wide governor, through the public reset."""
+    from apientreprise_async.testing import reset_default_governor
 
-    _governor._default_governor = None
-    _governor.default_backend().clear()
+    reset_default_governor()
     yield
-    _governor._default_governor = None
-    _governor.default_backend().clear()
+    reset_default_governor()

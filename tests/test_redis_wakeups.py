@@ -75,7 +75,8 @@ def race_queued_acquire(backend: RedisBackend, meanwhile: Callable[[], Awaitable
     async def acquire(*, keys: list[str], args: list[str]) -> Any:
         nonlocal armed
         reply = await real(keys=keys, args=args)
-        queue = _governor._QUEUES.get(backend, {}).get(BUCKET)
+        shared = _governor._SHARED.get(backend)
+        queue = None if shared is None else shared.queues.get(BUCKET)
         if armed and "a" in args[9:10] and queue is not None and queue.size:
             armed = False
             await meanwhile()

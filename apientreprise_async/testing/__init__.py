@@ -13,6 +13,8 @@ A pytest plugin, installed with the package, provides the
 
 from __future__ import annotations
 
+from apientreprise_async._governor import reset_default as reset_default_governor
+
 from ._conformance import check_backend as check_backend
 from ._data import COMPANIES as COMPANIES
 from ._data import PUBLIC_COMPANIES as PUBLIC_COMPANIES
@@ -37,4 +39,5 @@ __all__ = [
     "RecordedRequest",
     "RunningServer",
     "check_backend",
+    "reset_default_governor",
 ]
