@@ -168,10 +168,13 @@ def _register(key: object, loop_now: float, loop: AbstractEventLoop | None) -> H
             if pinned is not None and pinned[0] is key:
                 home = pinned[1]
         if home is None:
-            mono = _monotonic()
             if _shift is None:
-                _shift = loop_now - mono
-            home = Home(mono + _shift - loop_now, loop, None if loop is not None else key)
+                # The anchor: exactly its own clock (two reads would differ by a hair).
+                _shift = loop_now - _monotonic()
+                offset = 0.0
+            else:
+                offset = _monotonic() + _shift - loop_now
+            home = Home(offset, loop, None if loop is not None else key)
             try:
                 homes[key] = home
             except TypeError:  # pragma: no cover - a loop class without __weakref__

@@ -15,8 +15,8 @@ token and the shared IP under the limits, as one process would.
 
 - Each operation is one Lua script, one round trip, atomic: the same rules as
   :class:`~apientreprise_async.backends.InMemoryBackend`, on Redis data.
-- Time comes from Redis (``TIME``) and travels as deltas, converted to each
-  caller's anyio clock at the edge, so hosts with skewed clocks agree.
+- Time comes from Redis (``TIME``) and travels as deltas, converted to the
+  governor's process timeline at the edge, so hosts with skewed clocks agree.
 - Waiting needs no polling: a waiter sleeps until the computed next-free
   time; a release that can help a waiter of another process publishes one
   message, and that process wakes the head of the queue concerned.
@@ -86,7 +86,10 @@ local calls are not in Redis yet and may still be counted; each one writes
 its own when it comes back. So no window exceeds the limit on either side of
 the switch.
 
-redis-py's asyncio client runs on asyncio only, so this backend does too.
+redis-py's asyncio client runs on asyncio only, so this backend does too; its
+connections belong to one event loop, so a backend built from a URL keeps a
+client (and a pool) per loop, and serves any number of threads each running
+its own asyncio loop.
 
 .. versionadded:: 0.1.0
 """
@@ -99,6 +102,7 @@ import hmac
 import logging
 import math
 import os
+import weakref
 from bisect import insort
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -118,6 +122,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 # Modules, not names: this module's public names are exactly its ``__all__``.
 from . import _errors, _governor, _redis_lua
+from ._clock import current_time as _now
 from .backends import Blocked as _Blocked
 from .backends import BucketState as _BucketState
 from .backends import Feedback as _Feedback
@@ -251,25 +256,35 @@ class RedisBackend:
             raise ValueError("replicas= needs one primary (Redis or Sentinel), not a cluster")
         self._replicas = replicas
         self._wait_ms = max(1, int(timeout * 500))  # half the socket timeout: WAIT answers first
-        self._redis: Any
+        self._make: Callable[[], Any] | None = None
+        self._given: Any = None
         if isinstance(redis, str):
-            # A blocking pool: past its size, a call waits for a connection. redis-py's
-            # default pool raises instead (MaxConnectionsError, a ConnectionError),
-            # which would pass for Redis being down. One retry, at once: a restarted
-            # server is reached on a fresh connection, a dead one fails fast.
-            pool = aioredis.BlockingConnectionPool.from_url(
-                redis,
-                max_connections=100,
-                timeout=None,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 1),
-            )
-            self._redis = aioredis.Redis(connection_pool=pool)
+            url = redis
+
+            def make() -> aioredis.Redis:
+                # A blocking pool: past its size, a call waits for a connection. redis-py's
+                # default pool raises instead (MaxConnectionsError, a ConnectionError),
+                # which would pass for Redis being down. One retry, at once: a restarted
+                # server is reached on a fresh connection, a dead one fails fast.
+                pool = aioredis.BlockingConnectionPool.from_url(
+                    url,
+                    max_connections=100,
+                    timeout=None,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    retry=Retry(NoBackoff(), 1),
+                )
+                return aioredis.Redis(connection_pool=pool)
+
+            self._make = make
             self._owns = True
         else:
-            self._redis = redis
+            self._given = redis
             self._owns = False
+        # redis-py's connections belong to the loop that opened them: one client per loop.
+        self._per_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]
+        ] = weakref.WeakKeyDictionary()
         self.prefix = prefix
         self.fail_mode: FailMode = fail_mode
         self.workers = workers
@@ -282,10 +297,6 @@ class RedisBackend:
         self._origin = os.urandom(6).hex()
         self._lease = (repr(float(lease)), repr(float(idle_ttl)), self._channel, self._origin)
         self._recheck = recheck
-        self._scripts = {
-            name: self._redis.register_script(getattr(_redis_lua, name))
-            for name in ("ACQUIRE", "RELEASE", "SEED", "PAUSE", "ESTIMATE", "REPLAY", "CHECK")
-        }
         self._names: dict[str, str] = {}  # governor key -> Redis key
         self._keys: dict[str, str] = {}  # Redis key -> governor key
         self._states: dict[str, _BucketState] = {}
@@ -312,6 +323,7 @@ class RedisBackend:
         self._woken: dict[str, int] = {}  # governor key -> wake-ups delivered so far
         self._listener: asyncio.Task[None] | None = None
         self._alarm: asyncio.TimerHandle | None = None
+        self._alarm_loop: asyncio.AbstractEventLoop | None = None
         self._alarm_at = _INF
         self._closed = False
         self.losses = 0
@@ -333,6 +345,43 @@ class RedisBackend:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def _here(self) -> tuple[Any, dict[str, Any]]:
+        """The running loop's client and its registered scripts."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "RedisBackend runs on asyncio only (redis-py's asyncio client)"
+            ) from None
+        found = self._per_loop.get(loop)
+        if found is None:
+            if self._make is not None:
+                client = self._make()
+            elif any(not other.is_closed() for other in self._per_loop):
+                raise RuntimeError(
+                    "the redis client given to RedisBackend belongs to another event loop; "
+                    "pass a URL to use the backend from several loops or threads"
+                )
+            else:
+                assert self._given is not None
+                client = self._given
+            scripts = {
+                name: client.register_script(getattr(_redis_lua, name))
+                for name in ("ACQUIRE", "RELEASE", "SEED", "PAUSE", "ESTIMATE", "REPLAY", "CHECK")
+            }
+            self._per_loop[loop] = (client, scripts)
+            return client, scripts
+        client, scripts = found
+        return client, scripts
+
+    @property
+    def _redis(self) -> Any:
+        return self._here()[0]
+
+    @property
+    def _scripts(self) -> dict[str, Any]:
+        return self._here()[1]
+
     async def __aenter__(self) -> RedisBackend:
         self._ensure_listener()
         return self
@@ -350,9 +399,9 @@ class RedisBackend:
         if self._closed:
             return
         self._closed = True
-        if self._alarm is not None:
+        if self._alarm is not None and self._alarm_loop is asyncio.get_running_loop():
             self._alarm.cancel()
-            self._alarm = None
+        self._alarm = None
         task, self._listener = self._listener, None
         while task is not None and not task.done():
             # redis-py can swallow a cancellation that lands while it connects: insist.
@@ -361,14 +410,22 @@ class RedisBackend:
         if task is not None and not task.cancelled() and task.exception() is not None:
             _logger.error("the wake-up listener had failed", exc_info=task.exception())
         if self._owns:
-            await self._redis.aclose(close_connection_pool=True)
+            here = asyncio.get_running_loop()
+            for loop, (client, _) in list(self._per_loop.items()):
+                closing = client.aclose(close_connection_pool=True)
+                if loop is here:
+                    await closing
+                elif loop.is_closed():
+                    closing.close()  # its connections died with their loop
+                else:
+                    asyncio.run_coroutine_threadsafe(closing, loop)
 
     def _ensure_listener(self) -> None:
         if self._closed:
             raise RuntimeError("this RedisBackend is closed")
         task = self._listener
-        if task is not None and not task.done():
-            return
+        if task is not None and not task.done() and not task.get_loop().is_closed():
+            return  # one listener per process, on whichever loop started it
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -445,7 +502,7 @@ class RedisBackend:
         if kind == "w":
             self._wake(key)
         elif kind == "p" and rest:
-            until = anyio.current_time() + float(rest[0])
+            until = _now() + float(rest[0])
             if until > self._paused.get(key, -_INF):
                 self._paused[key] = until
         return False
@@ -485,7 +542,7 @@ class RedisBackend:
         On a second race in a row, a raced bucket reads "now" (look again at once)
         rather than "after a release", which may have come and gone.
         """
-        base = anyio.current_time()
+        base = _now()
         ready = [
             self._mirror(r.key, reply[1 + 9 * i : 10 + 9 * i], base) for i, r in enumerate(requests)
         ]
@@ -498,13 +555,16 @@ class RedisBackend:
 
     def _set_alarm(self, when: float) -> None:
         """Wake every head at ``when`` (one timer per backend, the earliest wins)."""
-        if when >= self._alarm_at:
-            return
-        if self._alarm is not None:
-            self._alarm.cancel()
-        self._alarm_at = when
         loop = asyncio.get_running_loop()
-        self._alarm = loop.call_later(max(when - anyio.current_time(), 0.0), self._ring)
+        alarm_loop = self._alarm_loop
+        mine = alarm_loop is loop
+        if when >= self._alarm_at and (mine or (alarm_loop and alarm_loop.is_running())):
+            return
+        if self._alarm is not None and mine:
+            self._alarm.cancel()  # another loop's timer is left to ring: harmless, and safe
+        self._alarm_at = when
+        self._alarm_loop = loop
+        self._alarm = loop.call_later(max(when - _now(), 0.0), self._ring)
 
     def _ring(self) -> None:
         self._alarm = None
@@ -680,7 +740,7 @@ class RedisBackend:
             "count; no grant before a hold (%.3f s) has passed since the loss",
             self._hold(),
         )
-        now = anyio.current_time()
+        now = _now()
         for key, until in self._paused.items():
             if until > now:
                 self._pending[key] = max(until, self._pending.get(key, -_INF))
@@ -693,7 +753,7 @@ class RedisBackend:
         """
         script = self._scripts["REPLAY"]
         for _ in range(5):
-            now = anyio.current_time()
+            now = _now()
             source = self._journal if everything else self._outage
             buckets: dict[str, tuple[_SlotRequest, list[_Held], list[float]]] = {}
             for key, (request, ends) in source.items():
@@ -739,7 +799,7 @@ class RedisBackend:
     # -- failure handling -----------------------------------------------------------------
 
     def _use_local(self) -> bool:
-        return self._down and anyio.current_time() < self._retry_at
+        return self._down and _now() < self._retry_at
 
     def _unreachable(self, exc: BaseException, *, refuse: bool) -> None:
         """Redis failed: raise (fail closed) or switch to local limits."""
@@ -763,13 +823,13 @@ class RedisBackend:
             )
             self._down = True
             self._go_local()
-        self._retry_at = anyio.current_time() + self._recheck
+        self._retry_at = _now() + self._recheck
 
     def _go_local(self) -> None:
         """Start local buckets from this process's sends and calls in flight."""
         self._generation += 1
         self._local = _InMemoryBackend()
-        self._switched = anyio.current_time()
+        self._switched = _now()
         self._outage = {}
         for request, _ in self._journal.values():
             self._local_bucket(request)
@@ -797,7 +857,7 @@ class RedisBackend:
             return
         share = self._share(request)
         bucket = local._bucket(self._divided(request))
-        now = anyio.current_time()
+        now = _now()
         own = self._journal.get(request.key)
         if own is not None:
             bucket.ends.extend(sorted(end for end in own[1] if end > now))
@@ -861,13 +921,13 @@ class RedisBackend:
         if not self._pending or self._down:
             return
         pending, self._pending = self._pending, {}
-        now = anyio.current_time()
+        now = _now()
         try:
             for key, until in pending.items():
                 await self._eval(
                     "PAUSE",
                     [_SlotRequest(key, 1)],
-                    lambda until=until: [repr(until - anyio.current_time())],  # type: ignore[misc]
+                    lambda until=until: [repr(until - _now())],  # type: ignore[misc]
                 )
         except BaseException:
             for key, until in pending.items():
@@ -879,7 +939,7 @@ class RedisBackend:
         """Keep a sent call's end in the journal (and the outage's) while it may count."""
         if end is None:
             return
-        now = anyio.current_time()
+        now = _now()
         if end - now > self._hold_seen:
             self._hold_seen = end - now
         for journal in (self._journal, self._outage) if self._down and outage else (self._journal,):
@@ -928,7 +988,7 @@ class RedisBackend:
             ready = self._blocked_ready(requests, reply, seen, last)
             if ready is not None:
                 return _Blocked(ready)
-        base = anyio.current_time()
+        base = _now()
         marks, seqs, probing = [], [], []
         for i, request in enumerate(requests):
             at = 1 + 12 * i
@@ -956,7 +1016,7 @@ class RedisBackend:
                 # head wakes now and its own acquire raises.
                 self._unreachable(exc, refuse=False)
                 if self.fail_mode == "closed":
-                    return (anyio.current_time(),) * len(requests)
+                    return (_now(),) * len(requests)
                 break
             ready = self._blocked_ready(requests, reply, seen, last)
             if ready is not None:
@@ -972,7 +1032,7 @@ class RedisBackend:
         held = self._held.get(id(grant))
         if held is None:
             raise KeyError("this grant is not one of this backend's, or was released already")
-        now = anyio.current_time()
+        now = _now()
         if feedback is not None:
             key = grant.requests[0].key
             if _nonsense_limit(feedback.limit):
@@ -1020,7 +1080,7 @@ class RedisBackend:
         grant = held.grant
 
         def build() -> list[str]:
-            now = anyio.current_time()
+            now = _now()
             args = ["" if end is None else repr(end - now)]
             if feedback is None:
                 args += ["", "", "", "", ""]
@@ -1054,7 +1114,7 @@ class RedisBackend:
 
     async def seed(self, request: _SlotRequest, feedback: _Feedback) -> None:
         """Create (or correct) a bucket whose real limit is already known."""
-        now = anyio.current_time()
+        now = _now()
         if _nonsense_limit(feedback.limit):
             self.pause(request.key, _nonsense_pause(request.key, feedback, now))
             return
@@ -1066,7 +1126,7 @@ class RedisBackend:
                     *self._request_args(request),
                     str(feedback.limit),
                     str(feedback.remaining),
-                    repr(feedback.reset_at - anyio.current_time()),
+                    repr(feedback.reset_at - _now()),
                 ]
 
             try:
@@ -1100,7 +1160,7 @@ class RedisBackend:
             args = [*self._request_args(request), str(position), repr(hold)]
             try:
                 reply = await self._run("ESTIMATE", [request], lambda: args)
-                return anyio.current_time() + float(_text(reply[0]))
+                return _now() + float(_text(reply[0]))
             except _UNREACHABLE as exc:
                 self._unreachable(exc, refuse=True)
         self._local_bucket(request)
