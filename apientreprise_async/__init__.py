@@ -54,6 +54,7 @@ from ._identifiers import is_valid_siret as is_valid_siret
 from ._response import RateLimit as RateLimit
 from ._response import Response as Response
 from ._retry import RetryPolicy as RetryPolicy
+from ._sync import Client as Client
 from ._telemetry import Stats as Stats
 from .records._base import OpenEnum as OpenEnum
 from .records._base import Timestamp as Timestamp
@@ -71,6 +72,7 @@ __all__ = [
     "BatchStats",
     "BearerToken",
     "CircuitPolicy",
+    "Client",
     "ClientError",
     "ConflictError",
     "Endpoint",

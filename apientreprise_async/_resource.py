@@ -9,8 +9,9 @@ from ._catalogue import Endpoint, get_endpoint
 
 if TYPE_CHECKING:
     from ._client import AsyncClient
+    from ._sync import Client
 
-__all__ = ["ResourceGroup"]
+__all__ = ["ResourceGroup", "SyncResourceGroup"]
 
 
 class ResourceGroup:
@@ -64,3 +65,23 @@ class ResourceGroup:
             known = ", ".join(str(v) for v in sorted(versions))
             raise ValueError(f"{method}: version {version!r} does not exist; supported: {known}")
         return get_endpoint(operation_id)
+
+
+class SyncResourceGroup:
+    """The typed methods of one data provider, bound to a synchronous :class:`Client`.
+
+    The same methods, arguments and errors as :class:`ResourceGroup`; each
+    call blocks until its :class:`Response` is there.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self._client!r}>"
+
+    _pick = staticmethod(ResourceGroup._pick)

@@ -10,6 +10,8 @@ from the shared reference folder and writes:
   operation's 200 response schema, plus ``records/__init__.py``;
 - ``apientreprise_async/_gen_resources.py``: one resource group per provider,
   one typed method per logical endpoint (versions folded into ``version=``).
+- ``apientreprise_async/_gen_sync_resources.py``: the same groups, blocking, for
+  the synchronous ``Client``.
 
 With ``--check`` it writes nothing and exits 1 when a committed module differs
 from what it would write. Docstrings come from the tables below, never from the
@@ -206,6 +208,7 @@ def render(entries: list[dict[str, Any]], records: dict[str, str] | None = None)
 
 RECORDS_DIR = ROOT / "apientreprise_async" / "records"
 RESOURCES_TARGET = ROOT / "apientreprise_async" / "_gen_resources.py"
+SYNC_RESOURCES_TARGET = ROOT / "apientreprise_async" / "_gen_sync_resources.py"
 
 #: Methods renamed to follow the DINUM spec's naming rule literally: old name -> new name.
 #: The old names stay as deprecated aliases (same signature) for one minor version.
@@ -770,9 +773,14 @@ def _render_method(
     query_types: dict[str, str],
     *,
     alias: str | None = None,
+    sync: bool = False,
 ) -> list[str]:
-    """One typed method; with ``alias``, the deprecated old name of ``method`` instead."""
+    """One typed method; with ``alias``, the deprecated old name of ``method`` instead.
+
+    ``sync``: the blocking twin for :class:`Client` (``def``, no ``await``).
+    """
     name = alias or method
+    define = "def" if sync else "async def"
     newest = max(versions)
     default = versions[newest]
     _, summary = METHODS[(provider, method)]
@@ -797,14 +805,14 @@ def _render_method(
     if len(versions) > 1 and len(by_record) > 1:
         for record, group in by_record.items():
             literal = "Literal[" + ", ".join(str(v) for v in group) + "]"
-            out += ["    @overload", f"    async def {name}(", "        self,"]
+            out += ["    @overload", f"    {define} {name}(", "        self,"]
             out += [*params, "        *,"]
             out += keywords
             out.append(f"        version: {literal}{' = ...' if newest in group else ''},")
             out.append(f"    ) -> Response[{record}]: ...")
             out.append("")
     returns = " | ".join(f"Response[{r}]" for r in by_record)
-    out += [f"    async def {name}(", "        self,", *params, "        *,", *keywords]
+    out += [f"    {define} {name}(", "        self,", *params, "        *,", *keywords]
     literal = "Literal[" + ", ".join(str(v) for v in sorted(versions)) + "]"
     annotation = "int" if len(by_record) > 1 else literal
     out.append(f"        version: {annotation} = {newest},")
@@ -842,15 +850,19 @@ def _render_method(
     table = "{" + ", ".join(pairs) + "}"
     out.append(f'        endpoint = self._pick("{name}", {table}, version)')
     call = f"endpoint, {path_values}, {query_values}, {CALL_KW}"
-    out.append(f"        return await self._client._request({call})")
+    out.append(f"        return {'' if sync else 'await '}self._client._request({call})")
     out.append("")
     return out
 
 
 def render_resources(
-    spec: dict[str, Any], entries: list[dict[str, Any]], records: dict[str, str]
+    spec: dict[str, Any],
+    entries: list[dict[str, Any]],
+    records: dict[str, str],
+    *,
+    sync: bool = False,
 ) -> str:
-    """Render the resource groups module's source."""
+    """Render the resource groups module's source (``sync``: the blocking twins for ``Client``)."""
     names = _method_names(entries)
     query_types = _query_types(spec)
     groups: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
@@ -860,10 +872,15 @@ def render_resources(
         method = names[(e["provider"], _unversioned(e["path"]))]
         groups.setdefault(e["provider"], {}).setdefault(method, {})[e["version"]] = e
     providers = sorted(groups)
-    classes = {p: _camel(p) + "Resource" for p in providers}
+    prefix, base, client, mixin = (
+        ("Sync", "SyncResourceGroup", "Client", "SyncResources")
+        if sync
+        else ("", "ResourceGroup", "AsyncClient", "Resources")
+    )
+    classes = {p: prefix + _camel(p) + "Resource" for p in providers}
     body: list[str] = []
     for provider in providers:
-        body += ["", f"class {classes[provider]}(ResourceGroup):"]
+        body += ["", f"class {classes[provider]}({base}):"]
         body += [f'    """{PROVIDERS[provider]}"""', ""]
         methods = {m: (m, None) for m in groups[provider]}
         methods.update({old: (new, old) for (p, old), new in RENAMED.items() if p == provider})
@@ -871,23 +888,26 @@ def render_resources(
             versions = groups[provider][method]
             newest = versions[max(versions)]["operation_id"]
             types = query_types.get(newest, {})
-            body += _render_method(provider, method, versions, records, types, alias=alias)
+            body += _render_method(
+                provider, method, versions, records, types, alias=alias, sync=sync
+            )
     body += [
         "",
-        "class Resources:",
-        '    """Mixin of :class:`AsyncClient`: one attribute per data provider."""',
+        f"class {mixin}:",
+        f'    """Mixin of :class:`{client}`: one attribute per data provider."""',
         "",
         *(f"    {p}: {classes[p]}" for p in providers),
         "",
         "    def _init_resources(self) -> None:",
         '        """Attach the provider groups to a freshly set-up client."""',
-        '        client = cast("AsyncClient", self)',
+        f'        client = cast("{client}", self)',
         *(f"        self.{p} = {classes[p]}(client)" for p in providers),
         "",
     ]
     text = "\n".join(body)
     head = [
-        '"""Typed resource groups, one per data provider.',
+        '"""Typed resource groups, one per data provider'
+        + (", blocking (for :class:`Client`)." if sync else "."),
         "",
         "Generated by tools/generate.py from the OpenAPI description; do not edit.",
         '"""',
@@ -900,21 +920,24 @@ def render_resources(
         "",
         *(["from ._catalogue import get_endpoint"] if "get_endpoint(" in text else []),
         "from ._config import USE_DEFAULT, UseDefault",
-        "from ._resource import ResourceGroup",
+        f"from ._resource import {base}",
         "from ._response import Response",
         "from .records import " + ", ".join(providers),
         "",
         "if TYPE_CHECKING:",
-        "    from ._client import AsyncClient",
+        f"    from .{'_sync' if sync else '_client'} import {client}",
         "",
-        "__all__ = [" + ", ".join(repr(n) for n in sorted(["Resources", *classes.values()])) + "]",
-        "",
-        "#: Deprecated method names and the methods that replaced them, per provider.",
-        "RENAMED = {"
-        + ", ".join(f"({p!r}, {o!r}): {n!r}" for (p, o), n in sorted(RENAMED.items()))
-        + "}",
+        "__all__ = [" + ", ".join(repr(n) for n in sorted([mixin, *classes.values()])) + "]",
         "",
     ]
+    if not sync:
+        head += [
+            "#: Deprecated method names and the methods that replaced them, per provider.",
+            "RENAMED = {"
+            + ", ".join(f"({p!r}, {o!r}): {n!r}" for (p, o), n in sorted(RENAMED.items()))
+            + "}",
+            "",
+        ]
     return "\n".join(head) + text
 
 
@@ -943,6 +966,7 @@ def main(argv: list[str] | None = None) -> int:
         TARGET: render(entries, records),
         RECORDS_DIR / "__init__.py": _render_records_init(modules),
         RESOURCES_TARGET: render_resources(spec, entries, records),
+        SYNC_RESOURCES_TARGET: render_resources(spec, entries, records, sync=True),
     }
     for provider, module in modules.items():
         outputs[RECORDS_DIR / f"{provider}.py"] = module.render()
