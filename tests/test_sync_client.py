@@ -6,6 +6,7 @@ import inspect
 import os
 import pathlib
 import threading
+import warnings
 
 import httpx
 import pytest
@@ -158,7 +159,10 @@ def test_a_forked_child_gets_a_loop_and_pool_of_its_own(emulator: Emulator) -> N
     """Built and used before fork (gunicorn --preload): the child still calls."""
     with make(emulator) as client:
         client.insee.unites_legales("832147656")
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork() with threads running: the point of this test.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:  # the child: no loop thread came across the fork
             code = 1
             try:
