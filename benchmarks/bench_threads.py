@@ -136,9 +136,7 @@ def contended(threads: int, calls: int, limit: int, period: float) -> dict[str, 
 
     wall = _in_threads(threads, lambda: asyncio.run(work()))
     sends.sort()
-    busiest = max(
-        sum(1 for t in sends[i:] if t < start + period) for i, start in enumerate(sends)
-    )
+    busiest = max(sum(1 for t in sends[i:] if t < start + period) for i, start in enumerate(sends))
     counters = gov.counters
     # Ideal: the limit every hold (period plus margin) from the first send on.
     ideal = limit * (sends[-1] - sends[0]) / gov.limits.hold + limit
