@@ -84,6 +84,7 @@ class SyncAdemeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[ademe.CertificationRgeItem, ...]]:
         """RGE certificates held by an establishment.
@@ -108,6 +109,7 @@ class SyncAdemeResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -124,6 +126,7 @@ class SyncBanqueDeFranceResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[banque_de_france.BilanItem, ...]]:
         """Balance sheets of a legal unit, with computed ratios.
@@ -147,6 +150,7 @@ class SyncBanqueDeFranceResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -163,6 +167,7 @@ class SyncCarifOrefResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[carif_oref.CertificationsQualiopi]:
         """Qualiopi certification and France Compétences accreditations of an establishment.
@@ -188,6 +193,7 @@ class SyncCarifOrefResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -204,6 +210,7 @@ class SyncCibtpResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[cibtp.AttestationCotisations]:
         """Link to the CIBTP contribution certificate of an establishment.
@@ -229,6 +236,7 @@ class SyncCibtpResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -245,6 +253,7 @@ class SyncCmaFranceResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[cma_france.EntrepriseArtisanale]:
         """A craft business in the trades register.
@@ -270,6 +279,7 @@ class SyncCmaFranceResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -286,6 +296,7 @@ class SyncCnetpResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[cnetp.AttestationCotisations]:
         """Link to the CNETP contribution certificate of a legal unit.
@@ -311,6 +322,7 @@ class SyncCnetpResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -327,6 +339,7 @@ class SyncDataSubventionResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[data_subvention.SubventionItem, ...]]:
         """Grants requested by and paid to an association.
@@ -350,6 +363,7 @@ class SyncDataSubventionResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -367,6 +381,7 @@ class SyncDgfipResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[dgfip.AttestationFiscale]: ...
 
@@ -381,6 +396,7 @@ class SyncDgfipResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[dgfip.AttestationFiscaleV3]: ...
 
@@ -394,6 +410,7 @@ class SyncDgfipResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[dgfip.AttestationFiscale] | Response[dgfip.AttestationFiscaleV3]:
         """Link to the tax compliance certificate of a legal unit.
@@ -422,6 +439,7 @@ class SyncDgfipResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     def chiffres_affaires(
@@ -434,6 +452,7 @@ class SyncDgfipResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[dgfip.ChiffreAffairesItem, ...]]:
         """Turnover declared by an establishment, per fiscal year.
@@ -457,6 +476,7 @@ class SyncDgfipResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     def liasses_fiscales(
@@ -470,6 +490,7 @@ class SyncDgfipResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[dgfip.LiassesFiscales]:
         """Tax return forms of a legal unit for one year.
@@ -494,6 +515,7 @@ class SyncDgfipResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     def liens_capitalistiques(
@@ -507,6 +529,7 @@ class SyncDgfipResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[dgfip.LiensCapitalistiques]:
         """Shareholders and holdings of a legal unit for one year.
@@ -531,6 +554,7 @@ class SyncDgfipResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -547,6 +571,7 @@ class SyncDjepvaResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = 4,
     ) -> Response[djepva.Association]:
         """An association, with its establishments and documents.
@@ -568,6 +593,7 @@ class SyncDjepvaResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     def associations_open_data(
@@ -580,6 +606,7 @@ class SyncDjepvaResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = 4,
     ) -> Response[djepva.AssociationOpenData]:
         """The public data of an association.
@@ -611,6 +638,7 @@ class SyncDjepvaResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     def open_data(
@@ -623,6 +651,7 @@ class SyncDjepvaResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = 4,
     ) -> Response[djepva.AssociationOpenData]:
         """The public data of an association.
@@ -646,6 +675,7 @@ class SyncDjepvaResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -662,6 +692,7 @@ class SyncDouanesResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[douanes.ImmatriculationEori]:
         """The EORI registration of an establishment.
@@ -683,6 +714,7 @@ class SyncDouanesResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -699,6 +731,7 @@ class SyncEuropeanCommissionResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[european_commission.NumeroTva]:
         """The intra-EU VAT number of a legal unit.
@@ -722,6 +755,7 @@ class SyncEuropeanCommissionResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -738,6 +772,7 @@ class SyncFabriqueNumeriqueMinisteresSociauxResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[fabrique_numerique_ministeres_sociaux.ConventionCollectiveItem, ...]]:
         """Collective agreements that apply to an establishment.
@@ -765,6 +800,7 @@ class SyncFabriqueNumeriqueMinisteresSociauxResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -781,6 +817,7 @@ class SyncFntpResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[fntp.CarteProfessionnelle]:
         """Link to the public-works professional card of a legal unit.
@@ -806,6 +843,7 @@ class SyncFntpResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -826,6 +864,7 @@ class SyncGipMdsResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[gip_mds.EffectifsMensuels]:
         """Monthly headcount of an establishment.
@@ -853,6 +892,7 @@ class SyncGipMdsResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     def effectifs_annuels(
@@ -867,6 +907,7 @@ class SyncGipMdsResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[gip_mds.EffectifsAnnuels]:
         """Yearly headcount of a legal unit.
@@ -894,6 +935,7 @@ class SyncGipMdsResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     def effectifs_mensuels(
@@ -910,6 +952,7 @@ class SyncGipMdsResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[gip_mds.EffectifsMensuels]:
         """Monthly headcount of an establishment.
@@ -947,6 +990,7 @@ class SyncGipMdsResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -963,6 +1007,7 @@ class SyncInfogreffeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[infogreffe.ExtraitKbis]:
         """The trade register extract (Kbis data) of a legal unit.
@@ -986,6 +1031,7 @@ class SyncInfogreffeResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     def mandataires_sociaux(
@@ -998,6 +1044,7 @@ class SyncInfogreffeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[infogreffe.MandataireSocialItem, ...]]:
         """Officers of a legal unit, people and companies.
@@ -1021,6 +1068,7 @@ class SyncInfogreffeResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -1037,6 +1085,7 @@ class SyncInpiResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[inpi.ActesBilans]:
         """Deeds and balance sheets filed at the RNE.
@@ -1060,6 +1109,7 @@ class SyncInpiResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     def beneficiaires_effectifs(
@@ -1072,6 +1122,7 @@ class SyncInpiResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[inpi.BeneficiaireEffectifItem, ...]]:
         """Beneficial owners of a legal unit.
@@ -1097,6 +1148,7 @@ class SyncInpiResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     def extrait_rne(
@@ -1109,6 +1161,7 @@ class SyncInpiResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[inpi.ExtraitRne]:
         """The RNE extract of a legal unit.
@@ -1130,6 +1183,7 @@ class SyncInpiResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -1146,6 +1200,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[insee.Adresse]:
         """The address of an establishment, public data only.
@@ -1171,6 +1226,7 @@ class SyncInseeResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     @overload
@@ -1184,6 +1240,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[insee.Etablissement]: ...
 
@@ -1198,6 +1255,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[insee.EtablissementV3]: ...
 
@@ -1211,6 +1269,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[insee.Etablissement] | Response[insee.EtablissementV3]:
         """The head office of a legal unit, public data only.
@@ -1239,6 +1298,7 @@ class SyncInseeResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     @overload
@@ -1252,6 +1312,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[insee.Etablissement]: ...
 
@@ -1266,6 +1327,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[insee.EtablissementV3]: ...
 
@@ -1279,6 +1341,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[insee.Etablissement] | Response[insee.EtablissementV3]:
         """An establishment of the Sirene directory.
@@ -1307,6 +1370,7 @@ class SyncInseeResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     def etablissements_adresse(
@@ -1319,6 +1383,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[insee.Adresse]:
         """The address of an establishment.
@@ -1344,6 +1409,7 @@ class SyncInseeResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     @overload
@@ -1357,6 +1423,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[insee.Etablissement]: ...
 
@@ -1371,6 +1438,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[insee.EtablissementV3]: ...
 
@@ -1384,6 +1452,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[insee.Etablissement] | Response[insee.EtablissementV3]:
         """An establishment, public data only (non-diffusible ones are refused).
@@ -1412,6 +1481,7 @@ class SyncInseeResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     def etablissements_diffusibles_adresse(
@@ -1424,6 +1494,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[insee.Adresse]:
         """The address of an establishment, public data only.
@@ -1457,6 +1528,7 @@ class SyncInseeResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     def successions(
@@ -1469,6 +1541,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[insee.Successions]:
         """Predecessors and successors of an establishment.
@@ -1490,6 +1563,7 @@ class SyncInseeResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     @overload
@@ -1503,6 +1577,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[insee.UniteLegale]: ...
 
@@ -1517,6 +1592,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[insee.UniteLegaleV3]: ...
 
@@ -1530,6 +1606,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[insee.UniteLegale] | Response[insee.UniteLegaleV3]:
         """A legal unit of the Sirene directory.
@@ -1558,6 +1635,7 @@ class SyncInseeResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     @overload
@@ -1571,6 +1649,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[insee.UniteLegale]: ...
 
@@ -1585,6 +1664,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[insee.UniteLegaleV3]: ...
 
@@ -1598,6 +1678,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[insee.UniteLegale] | Response[insee.UniteLegaleV3]:
         """A legal unit, public data only.
@@ -1626,6 +1707,7 @@ class SyncInseeResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     @overload
@@ -1639,6 +1721,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[insee.Etablissement]: ...
 
@@ -1653,6 +1736,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[insee.EtablissementV3]: ...
 
@@ -1666,6 +1750,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[insee.Etablissement] | Response[insee.EtablissementV3]:
         """The head office of a legal unit, public data only.
@@ -1702,6 +1787,7 @@ class SyncInseeResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     @overload
@@ -1715,6 +1801,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[insee.Etablissement]: ...
 
@@ -1729,6 +1816,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[insee.EtablissementV3]: ...
 
@@ -1742,6 +1830,7 @@ class SyncInseeResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[insee.Etablissement] | Response[insee.EtablissementV3]:
         """The head office of a legal unit.
@@ -1770,6 +1859,7 @@ class SyncInseeResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -1786,6 +1876,7 @@ class SyncMinistereInterieurResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[ministere_interieur.Association]:
         """An association of the RNA.
@@ -1809,6 +1900,7 @@ class SyncMinistereInterieurResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     def documents(
@@ -1821,6 +1913,7 @@ class SyncMinistereInterieurResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[ministere_interieur.DocumentAssociationItem, ...]]:
         """Documents filed by an association.
@@ -1846,6 +1939,7 @@ class SyncMinistereInterieurResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -1862,6 +1956,7 @@ class SyncMsaResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[msa.ConformiteCotisations]:
         """Whether an establishment is up to date with MSA.
@@ -1885,6 +1980,7 @@ class SyncMsaResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -1901,6 +1997,7 @@ class SyncOpqibiResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[opqibi.CertificationIngenierie]:
         """The OPQIBI certificate of a legal unit.
@@ -1926,6 +2023,7 @@ class SyncOpqibiResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -1942,6 +2040,7 @@ class SyncProbtpResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[probtp.AttestationCotisationsRetraite]:
         """Link to the PRO BTP pension certificate of an establishment.
@@ -1967,6 +2066,7 @@ class SyncProbtpResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
     def conformite_cotisations_retraite(
@@ -1979,6 +2079,7 @@ class SyncProbtpResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[probtp.ConformiteCotisationsRetraite]:
         """Whether an establishment is up to date with PRO BTP.
@@ -2004,6 +2105,7 @@ class SyncProbtpResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -2021,6 +2123,7 @@ class SyncQualibatResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[qualibat.CertificationBatiment]: ...
 
@@ -2035,6 +2138,7 @@ class SyncQualibatResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[qualibat.CertificationBatimentV3]: ...
 
@@ -2048,6 +2152,7 @@ class SyncQualibatResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[qualibat.CertificationBatiment] | Response[qualibat.CertificationBatimentV3]:
         """The Qualibat certificate of an establishment.
@@ -2076,6 +2181,7 @@ class SyncQualibatResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -2092,6 +2198,7 @@ class SyncQualifelecResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3] = 3,
     ) -> Response[tuple[qualifelec.CertificatItem, ...]]:
         """Qualifelec certificates of an establishment.
@@ -2115,6 +2222,7 @@ class SyncQualifelecResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 
@@ -2132,6 +2240,7 @@ class SyncUrssafResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[4] = ...,
     ) -> Response[urssaf.AttestationVigilance]: ...
 
@@ -2146,6 +2255,7 @@ class SyncUrssafResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: Literal[3],
     ) -> Response[urssaf.AttestationVigilanceV3]: ...
 
@@ -2159,6 +2269,7 @@ class SyncUrssafResource(SyncResourceGroup):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
         version: int = 4,
     ) -> Response[urssaf.AttestationVigilance] | Response[urssaf.AttestationVigilanceV3]:
         """The URSSAF vigilance certificate of a legal unit.
@@ -2187,6 +2298,7 @@ class SyncUrssafResource(SyncResourceGroup):
             fresh=fresh,
             timeout=timeout,
             max_wait=max_wait,
+            strict=strict,
         )
 
 

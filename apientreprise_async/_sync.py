@@ -134,6 +134,7 @@ class Client(SyncResources):
         audit_errors: AuditErrors = "raise",
         user: str | None = None,
         case: str | None = None,
+        strict: bool = False,
     ) -> None:
         options: dict[str, Any] = {
             "auth": auth,
@@ -158,6 +159,7 @@ class Client(SyncResources):
             "audit_errors": audit_errors,
             "user": user,
             "case": case,
+            "strict": strict,
         }
         # Built now, so that bad settings fail here; its pool opens on the loop later.
         asynchronous = AsyncClient(token, limits=limits, **options)
@@ -270,6 +272,7 @@ class Client(SyncResources):
         coalesce: bool | UseDefault = USE_DEFAULT,
         user: str | UseDefault | None = USE_DEFAULT,
         case: str | UseDefault | None = USE_DEFAULT,
+        strict: bool | UseDefault = USE_DEFAULT,
     ) -> Client:
         """A new client with some settings changed, sharing this one's pool, loop and governor.
 
@@ -287,6 +290,7 @@ class Client(SyncResources):
             coalesce=coalesce,
             user=user,
             case=case,
+            strict=strict,
         )
         copy = Client.__new__(Client)
         copy._setup(changed, self)
@@ -337,6 +341,7 @@ class Client(SyncResources):
         coalesce: bool | None = None,
         user: str | None = None,
         case: str | None = None,
+        strict: bool | None = None,
         **params: Any,
     ) -> Response[Any]:
         """Call a catalogue operation by its ``x-operationId`` (see :meth:`AsyncClient.call`)."""
@@ -354,6 +359,7 @@ class Client(SyncResources):
                 coalesce=coalesce,
                 user=user,
                 case=case,
+                strict=strict,
                 **params,
             )
         )
@@ -428,6 +434,7 @@ class Client(SyncResources):
         fresh: bool = False,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        strict: bool | None = None,
     ) -> Response[Any]:
         """What the typed methods call: :meth:`AsyncClient._request`, on the loop."""
         return self._run(
@@ -442,6 +449,7 @@ class Client(SyncResources):
                 fresh=fresh,
                 timeout=timeout,
                 max_wait=max_wait,
+                strict=strict,
             )
         )
 
