@@ -10,6 +10,7 @@ period plus the margin.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -270,3 +271,40 @@ def test_a_loop_stopped_with_a_waiter_strands_nobody() -> None:
 async def _permit(gov: Governor, granted: list[str], name: str) -> None:
     async with gov.permit("tok", ENDPOINT):
         granted.append(name)
+
+
+def test_a_call_in_flight_on_a_closed_loop_is_released_conservatively() -> None:
+    """A loop closed with a call in flight (its task never cancelled): once Python destroys the
+    task, the slot is released as if answered then, and a waiter on another loop goes on."""
+    gov = governor(1)
+    started = threading.Event()
+
+    async def in_flight() -> None:
+        async with gov.permit("tok", ENDPOINT) as permit:
+            permit.sending()
+            started.set()
+            await asyncio.Event().wait()  # never answered
+
+    def abandoned() -> None:
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(in_flight())
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert not task.done()
+        loop.close()  # the task is dropped, not cancelled
+
+    thread = threading.Thread(target=abandoned)
+    thread.start()
+    thread.join(5)
+    assert started.is_set()
+    granted: list[str] = []
+    waiter = threading.Thread(target=on("trio", lambda: _permit(gov, granted, "next")))
+    waiter.start()
+    _wait_queued(gov, 1)
+    released = time.monotonic()
+    gc.collect()  # what the interpreter does on its own soon after
+    waiter.join(5)
+    assert ["next"] == granted
+    bucket = gov.snapshot().buckets["tok/json_resources_entreprise"]
+    assert 0 == bucket.in_flight
+    # Occupied one hold from the release, as for a call answered at that moment.
+    assert time.monotonic() - released >= HOLD - 0.02
