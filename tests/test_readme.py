@@ -23,8 +23,8 @@ import pytest
 from ._redis_server import redis_server
 from .conftest import RECIPIENT, ROOT
 
-#: What makes a block a program: it runs an event loop.
-RUNS = re.compile(r"\b(?:anyio|asyncio|trio)\.run\(")
+#: What makes a block a program: it runs an event loop, or builds the synchronous Client.
+RUNS = re.compile(r"\b(?:anyio|asyncio|trio)\.run\(|\bClient\(")
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
