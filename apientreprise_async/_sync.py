@@ -37,7 +37,7 @@ from ._auth import AuthStrategy, TokenInfo
 from ._catalogue import Endpoint
 from ._circuit import CircuitPolicy
 from ._client import DOCUMENT_CONTENT_TYPES, AsyncClient
-from ._config import USE_DEFAULT, Settings, Timeouts, UseDefault
+from ._config import USE_DEFAULT, Settings, SizeLimits, Timeouts, UseDefault
 from ._gen_sync_resources import SyncResources
 from ._governor import Governor, Limits
 from ._response import Response
@@ -118,6 +118,7 @@ class Client(SyncResources):
         environment: str | None = None,
         base_url: str | None = None,
         timeouts: Timeouts | None = None,
+        sizes: SizeLimits | None = None,
         limits: Limits | None = None,
         governor: Governor | None = None,
         max_wait: float | None = None,
@@ -144,6 +145,7 @@ class Client(SyncResources):
             "environment": environment,
             "base_url": base_url,
             "timeouts": timeouts,
+            "sizes": sizes,
             "governor": governor,
             "max_wait": max_wait,
             "transport": transport,
@@ -261,6 +263,11 @@ class Client(SyncResources):
     def with_options(
         self,
         *,
+        token: str | UseDefault = USE_DEFAULT,
+        auth: AuthStrategy | UseDefault = USE_DEFAULT,
+        environment: str | UseDefault = USE_DEFAULT,
+        base_url: str | UseDefault = USE_DEFAULT,
+        user_agent: str | UseDefault = USE_DEFAULT,
         recipient: str | UseDefault | None = USE_DEFAULT,
         context: str | UseDefault | None = USE_DEFAULT,
         object: str | UseDefault | None = USE_DEFAULT,
@@ -279,6 +286,11 @@ class Client(SyncResources):
         See :meth:`AsyncClient.with_options`; close the original when done.
         """
         changed = self._async.with_options(
+            token=token,
+            auth=auth,
+            environment=environment,
+            base_url=base_url,
+            user_agent=user_agent,
             recipient=recipient,
             context=context,
             object=object,
@@ -409,6 +421,7 @@ class Client(SyncResources):
         content_types: Collection[str] | None = DOCUMENT_CONTENT_TYPES,
         timeout: float | None = None,
         max_wait: float | UseDefault | None = USE_DEFAULT,
+        max_size: int | None = None,
     ) -> pathlib.Path:
         """Stream a document to a file, never partial (see :meth:`AsyncClient.download`)."""
         return self._run(
@@ -419,6 +432,7 @@ class Client(SyncResources):
                 content_types=content_types,
                 timeout=timeout,
                 max_wait=max_wait,
+                max_size=max_size,
             )
         )
 
