@@ -1325,7 +1325,7 @@ class AsyncClient(Resources):
             object=trace.object,
             outcome="cancelled",
             error_codes=("Cancelled",),
-            duration=max(0.0, anyio.current_time() - started),
+            duration=max(0.0, _now() - started),
             governor_wait=trace.wait,
             attempt=attempt,
             user=trace.user,
