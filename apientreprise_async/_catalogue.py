@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -160,19 +161,29 @@ DOWNLOAD_ENDPOINT = Endpoint(
 
 _BY_ID: dict[str, Endpoint] = {}
 _PATTERNS: list[tuple[re.Pattern[str], Endpoint]] = []
+_LOADING = threading.Lock()
 
 
 def _load() -> None:
-    from ._gen_catalogue import ENDPOINTS
+    # Threads may look up their first operation at once: build aside, publish whole.
+    with _LOADING:
+        if _BY_ID:
+            return
+        from ._gen_catalogue import ENDPOINTS
 
-    for endpoint in ENDPOINTS:
-        _BY_ID[endpoint.operation_id] = endpoint
-        regex = re.escape(endpoint.path)
-        for param in endpoint.path_params:
-            regex = regex.replace(re.escape("{" + param.name + "}"), f"(?P<{param.name}>[^/]+)")
-        _PATTERNS.append((re.compile(f"^{regex}$"), endpoint))
-    # Literal segments must win over templated ones ("diffusibles/{siren}" vs "{siren}").
-    _PATTERNS.sort(key=lambda item: item[1].path.count("{"))
+        by_id: dict[str, Endpoint] = {}
+        patterns: list[tuple[re.Pattern[str], Endpoint]] = []
+        for endpoint in ENDPOINTS:
+            by_id[endpoint.operation_id] = endpoint
+            regex = re.escape(endpoint.path)
+            for param in endpoint.path_params:
+                name = param.name
+                regex = regex.replace(re.escape("{" + name + "}"), f"(?P<{name}>[^/]+)")
+            patterns.append((re.compile(f"^{regex}$"), endpoint))
+        # Literal segments must win over templated ones ("diffusibles/{siren}" vs "{siren}").
+        patterns.sort(key=lambda item: item[1].path.count("{"))
+        _PATTERNS[:] = patterns
+        _BY_ID.update(by_id)  # last: a non-empty table means a complete one
 
 
 def all_endpoints() -> tuple[Endpoint, ...]:

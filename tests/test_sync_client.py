@@ -196,3 +196,25 @@ def test_same_settings_and_methods_as_the_async_client() -> None:
                 inspect.signature(getattr(sync_group, method)).parameters.keys()
             )
         client.close()
+
+
+def test_first_lookups_from_many_threads_at_once() -> None:
+    """The catalogue loads once, whole, when threads ask for their first operation together."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "from apientreprise_async import get_endpoint\n"
+        "barrier = threading.Barrier(16); errors = []\n"
+        "def look():\n"
+        "    barrier.wait()\n"
+        "    try: get_endpoint('api_entreprise_v4_insee_unites_legales')\n"
+        "    except Exception as exc: errors.append(exc)\n"
+        "threads = [threading.Thread(target=look) for _ in range(16)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "assert not errors, errors\n"
+    )
+    for _ in range(3):  # a fresh interpreter each time: the catalogue is not loaded yet
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert 0 == result.returncode, result.stderr
