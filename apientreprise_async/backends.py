@@ -46,8 +46,8 @@ queues over them).
 from __future__ import annotations
 
 import enum
-import logging
 import functools
+import logging
 import math
 import threading
 from bisect import bisect_left, bisect_right, insort
