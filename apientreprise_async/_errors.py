@@ -257,11 +257,11 @@ class ApiError(ApiEntrepriseError):
 
     @property
     def retry_in(self) -> float | None:
-        """``meta.retry_in`` in seconds, when the server gave one."""
+        """``meta.retry_in`` in seconds, when the server gave one (capped like ``Retry-After``)."""
         for item in self.items:
             value = _number(item.meta.get("retry_in"))
             if value is not None:
-                return max(0.0, value)
+                return capped_wait(value)
         return None
 
 

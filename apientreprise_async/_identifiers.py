@@ -132,8 +132,14 @@ def validate_siret(value: object, parameter: str = "siret") -> str:
     return text
 
 
+def _upper_ascii(value: object) -> str:
+    # ASCII first: "ß".upper() is "SS", "ı".upper() is "I"; a value must not become valid that way.
+    text = _clean(value)
+    return text.upper() if text.isascii() else ""
+
+
 def _rna(value: object, parameter: str) -> str:
-    text = _clean(value).upper()
+    text = _upper_ascii(value)
     if not _RNA.match(text):
         raise InvalidIdentifierError(
             parameter, f"{shown(value)} is not an RNA number (W + 9 digits)"
@@ -142,7 +148,7 @@ def _rna(value: object, parameter: str) -> str:
 
 
 def _eori(value: object, parameter: str) -> str:
-    text = _clean(value).upper()
+    text = _upper_ascii(value)
     if not _EORI.match(text):
         raise InvalidIdentifierError(parameter, f"{shown(value)} is not an EORI number")
     if text.startswith("FR") and not _is_siret(text[2:]) and not _is_siren(text[2:]):

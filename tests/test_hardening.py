@@ -622,3 +622,29 @@ async def test_a_redirect_off_the_api_origin_drops_the_token(tmp_path: Any) -> N
         (True, f"{api}/files/to-storage.pdf"),
         (False, "https://storage.test/x.pdf"),
     ] == sent
+
+
+async def test_a_huge_retry_in_is_capped_for_retries_too() -> None:
+    """meta.retry_in of 1e12 on a 502: the retry waits the cap at most, not for ever."""
+    from apientreprise_async import ProviderError, RetryPolicy
+
+    rec = Recorder(
+        lambda r: httpx.Response(
+            502, json={"errors": [{"code": "04999", "meta": {"retry_in": 1e12}}]}
+        )
+    )
+    async with client_for(rec) as client:
+        with pytest.raises(ProviderError) as info:
+            await client.get(UL_PATH, retry=None)
+    assert MAX_RETRY_AFTER == info.value.retry_in
+    assert MAX_RETRY_AFTER == RetryPolicy(seed=1).delay(1, info.value)
+
+
+@pytest.mark.parametrize("value", ["ßß41816609600069", "ＦＲ41816609600069", "wı51004076"])
+async def test_letters_do_not_become_valid_by_case_mapping(value: str) -> None:
+    """Upper-casing "ß" gives "SS", "ı" gives "I": identifiers are checked as ASCII first."""
+    rec = Recorder()
+    async with client_for(rec) as client:
+        with pytest.raises(InvalidParameterError):
+            await client.call("api_entreprise_v3_dgddi_eori", siret_or_eori=value)
+    assert [] == rec.requests
