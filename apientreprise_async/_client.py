@@ -81,6 +81,36 @@ _INDEX = re.compile(r"\[\d+\]")
 _WITHOUT_VALUE = re.compile(r"(, got \w+) .*$")
 
 
+#: The most of an unexpected document's body kept for the error that refuses it.
+_PREVIEW = 64 * 1024
+
+
+async def _small_body(answer: httpx.Response, kind: str) -> Any:
+    """The body of a refused document when it is small and announced (an error page, JSON).
+
+    Parsed JSON, else text for a text type, else bytes; ``None`` when the
+    server did not announce a length of at most 64 KiB without compression
+    (nothing more is read from a body that may be a large file).
+    """
+    announced = _announced(answer)
+    if announced is None or announced > _PREVIEW:
+        return None
+    if answer.headers.get("content-encoding", "identity") != "identity":
+        return None
+    try:
+        await answer.aread()
+    except httpx.HTTPError:
+        return None
+    if kind.endswith("json"):
+        try:
+            return answer.json()
+        except ValueError:
+            pass
+    if kind.startswith("text/") or kind.endswith(("json", "xml")):
+        return answer.text
+    return answer.content
+
+
 def _received(
     answer: httpx.Response, raw: Any, rate_limit: Any, op_id: str | None
 ) -> Response[Any]:
@@ -1016,11 +1046,24 @@ class AsyncClient(Resources):
             )
         kind = answer.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if content_types is not None and kind not in content_types:
+            problem = f"Content-Type: {kind or '(absent)'}"
             raise UnexpectedPayloadError(
                 f"the document is {kind or 'untyped'}, not one of {sorted(content_types)}",
-                problems=(f"Content-Type: {kind or '(absent)'}",),
+                problems=(problem,),
                 operation_id=DOWNLOAD_ENDPOINT.operation_id,
                 url=url,
+                response=Response(
+                    data=None,
+                    links={},
+                    meta={},
+                    raw=await _small_body(answer, kind),
+                    http_status=answer.status_code,
+                    headers=answer.headers,
+                    rate_limit=parse_rate_limit(answer.headers),
+                    request_id=answer.headers.get("x-request-id"),
+                    operation_id=DOWNLOAD_ENDPOINT.operation_id,
+                    problems=(problem,),
+                ),
             )
 
     async def _stream_to(

@@ -486,3 +486,25 @@ def test_records_with_a_misfit_compare_without_raising() -> None:
     assert fitting != drifted
     assert drifted == structure_lenient({**data, "siren": {"x": 1}}, insee.UniteLegale)[0]
     assert drifted != other  # the values as sent differ
+
+
+async def test_a_refused_document_carries_what_was_received(tmp_path: pathlib.Path) -> None:
+    """A wrong content type: the UnexpectedPayloadError holds status, headers and small body."""
+    page = b"<html><body>Maintenance en cours</body></html>"
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        headers = {"Content-Type": "text/html; charset=utf-8", "X-Request-ID": "req-doc"}
+        return httpx.Response(200, content=page, headers=headers)
+
+    async with AsyncClient(TOKEN, transport=httpx.MockTransport(handle)) as client:
+        with pytest.raises(UnexpectedPayloadError, match="text/html") as info:
+            await client.download("https://entreprise.api.gouv.fr/files/a.pdf", tmp_path / "a.pdf")
+    received = info.value.response
+    assert received is not None
+    assert (200, "req-doc", page.decode()) == (
+        received.http_status,
+        received.request_id,
+        received.raw,
+    )
+    assert "text/html; charset=utf-8" == received.headers["content-type"]
+    assert not (tmp_path / "a.pdf").exists()
