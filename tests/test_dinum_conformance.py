@@ -1076,6 +1076,30 @@ async def test_s13_one_client_shared_by_concurrent_tasks() -> None:
     assert {i: {"echo": f"D-{i}"} for i in range(20)} == seen
 
 
+def test_s13_one_synchronous_client_shared_by_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from apientreprise_async import Client
+
+    wire = Wire(lambda r: envelope({"echo": r.url.params["object"]}))
+    with Client(
+        token=TOKEN, recipient=RECIPIENT, context="c", object="o", transport=wire.transport()
+    ) as c:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(lambda i: c.get(PATH, params={"object": f"D-{i}"}).data, range(24))
+            )
+        staging = c.with_options(environment="staging", token="other-token")
+        staging.get(PATH)
+    assert [{"echo": f"D-{i}"} for i in range(24)] == answers
+    assert 25 == len(wire.requests)
+    last = wire.requests[-1]
+    assert ("staging.entreprise.api.gouv.fr", "Bearer other-token") == (
+        last.url.host,
+        last.headers["authorization"],
+    )
+
+
 def _after_a_429(request: httpx.Request) -> httpx.Response:
     return failure(429, {"code": "00429"}, headers={"Retry-After": "60"})
 
