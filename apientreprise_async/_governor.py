@@ -566,21 +566,29 @@ def default_governor() -> Governor:
 def reset_default() -> None:
     """Forget the process-wide governor's state: for test suites, between tests.
 
-    The next :func:`default_governor` is a new one (fresh counters) on the
-    same, now empty, :func:`default_backend`, and the next event loop seen
-    anchors the governor's timeline (so a test on trio's ``MockClock`` sees
-    its own clock in snapshots). Clients built earlier keep the governor they
-    were given. Call it only while no call is in flight or queued.
+    The next :func:`default_governor` is a new one (fresh counters, nothing
+    learned) with the same limits (configuration is not state: a test suite
+    that set ``default_governor().limits`` keeps them), on the same, now
+    empty, :func:`default_backend`; the next event loop seen anchors the
+    governor's timeline (so a test on trio's ``MockClock`` sees its own clock
+    in snapshots). Clients built earlier keep the governor they were given.
+    Call it only while no call is in flight or queued.
 
     .. versionadded:: 0.1.0
     """
-    global _default_governor  # dropped: the next default_governor() builds a fresh one
+    global _default_governor  # replaced: a fresh one with the same settings
     with _registry_lock:
+        old = _default_governor
         _default_governor = None
         backend = _default_backend
     if backend is not None:
         backend.clear()
     reset_clock()
+    if old is not None and backend is not None:
+        fresh = Governor(old.limits, backend=backend, wall_clock=old._wall_clock)
+        with _registry_lock:
+            if _default_governor is None:
+                _default_governor = fresh
 
 
 def _lower(headers: Mapping[str, str]) -> Mapping[str, str]:

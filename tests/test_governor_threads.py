@@ -108,6 +108,7 @@ def test_loops_in_sequence_see_the_same_slots(first: str, second: str) -> None:
 def test_default_governor_is_one_for_every_thread_and_loop() -> None:
     """Threads on asyncio and on trio, each with its own loop, draw from one bucket."""
     gov = default_governor()
+    default_limits = gov.limits
     gov.limits = Limits(groups={"json_resources_entreprise": 3}, period=PERIOD, slow_start=False)
     sends: list[float] = []
 
@@ -120,6 +121,7 @@ def test_default_governor_is_one_for_every_thread_and_loop() -> None:
     assert 16 == len(sends)
     check_spacing(sends, 3, HOLD)
     counters = gov.counters
+    gov.limits = default_limits  # resets keep a configured default governor's limits
     assert 16 == counters.grants
     assert counters.waits > 0
 
@@ -308,3 +310,21 @@ def test_a_call_in_flight_on_a_closed_loop_is_released_conservatively() -> None:
     assert 0 == bucket.in_flight
     # Occupied one hold from the release, as for a call answered at that moment.
     assert time.monotonic() - released >= HOLD - 0.02
+
+
+def test_a_reset_keeps_the_default_governors_limits() -> None:
+    """Between tests the state goes, the configuration stays (a conftest may set it once)."""
+    from apientreprise_async.testing import reset_default_governor
+
+    configured = Limits(period=1.0)
+    default_limits = default_governor().limits
+    default_governor().limits = configured
+    try:
+        asyncio.run(one_call(default_governor(), []))
+        assert 1 == default_governor().counters.grants
+        reset_default_governor()
+        assert configured == default_governor().limits
+        assert 0 == default_governor().counters.grants
+        assert {} == dict(default_governor().snapshot().buckets)
+    finally:
+        default_governor().limits = default_limits

@@ -36,9 +36,13 @@ def server() -> Iterator[tuple[Emulator, str]]:
     """A strict emulator on loopback, and the default governor on its period."""
     emulator = Emulator(period=PERIOD)
     emulator.add_token(TOKEN, limits={"json_resources_entreprise": LIMIT})
+    default_limits = default_governor().limits
     default_governor().limits = Limits(period=PERIOD)
-    with emulator.serve() as url:
-        yield emulator, url
+    try:
+        with emulator.serve() as url:
+            yield emulator, url
+    finally:
+        default_governor().limits = default_limits  # resets keep configured limits
 
 
 def options(url: str) -> dict[str, object]:
