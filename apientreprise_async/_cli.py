@@ -983,7 +983,7 @@ def _call(args: argparse.Namespace) -> int:
     for item in args.param:
         name, sep, value = item.partition("=")
         if not sep:
-            raise CliError(f"--param {item!r}: expected NAME=VALUE")
+            raise CliError(f"--param {_hidden(item)!r}: expected NAME=VALUE")
         params[name.strip()] = value
     if args.id is not None:
         if not endpoint.path_params:

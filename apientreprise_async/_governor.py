@@ -464,11 +464,13 @@ class _Waiter:
 class _Shared:
     """What governors sharing one backend share: its queues, and the lock over them."""
 
-    __slots__ = ("lock", "queues")
+    __slots__ = ("forget", "lock", "queues")
 
     def __init__(self, lock: _Lock) -> None:
         self.lock = lock
         self.queues: dict[str, _Queue] = {}
+        # Scopes of collected governors whose finalizer found the lock taken.
+        self.forget: list[str] = []
 
 
 # Governors sharing a backend share its queues, so a release by one wakes the other's waiters.
@@ -1558,17 +1560,27 @@ class Governor:
 def _forget_scope(backend: GovernorBackend, scope: str) -> None:
     """Drop the buckets and queues of a collected governor from the backend it shared.
 
-    A finalizer: it runs on whatever thread collects the governor, so it takes
-    the lock (re-entrant, in case that thread holds it already).
+    A finalizer: it runs on whatever thread collects the governor, at any
+    point, so it never waits for the lock. A thread being started collects
+    garbage while the thread starting it may hold the lock and wait for it to
+    start: waiting here deadlocked both. When the lock is taken, the scope is
+    left for the next finalizer that gets it (a few rows kept a little longer).
     """
     shared = _SHARED.get(backend)
     if shared is None:
         return
-    with shared.lock:
+    shared.forget.append(scope)  # atomic: no lock needed
+    if not shared.lock.acquire(blocking=False):  # re-entrant: its holder gets it
+        return
+    try:
+        scopes = tuple(shared.forget)
+        shared.forget.clear()
         for table in (getattr(backend, "_buckets", None), shared.queues):
             if isinstance(table, dict):
-                for key in [key for key in list(table) if key.startswith(scope)]:
+                for key in [key for key in list(table) if key.startswith(scopes)]:
                     table.pop(key, None)
+    finally:
+        shared.lock.release()
 
 
 def wake_waiters(backend: GovernorBackend, key: str) -> None:

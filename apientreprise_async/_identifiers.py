@@ -86,8 +86,8 @@ def shown(value: object) -> str:
             return f"an int of about {int(value.bit_length() * 0.30103) + 1} digits"
         return f"{value!r} (an int: pass identifiers as strings, leading zeros matter)"
     if isinstance(value, str):
-        if len(value) > 40:
-            return f"{value[:20]!r}... ({len(value)} characters)"
+        if len(value) > 40:  # cut short: a long value may be a secret pasted by mistake
+            return f"{value[:8]!r}... ({len(value)} characters)"
         return repr(value)
     return f"a value of type {type(value).__name__}"
 

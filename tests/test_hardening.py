@@ -648,3 +648,39 @@ async def test_letters_do_not_become_valid_by_case_mapping(value: str) -> None:
         with pytest.raises(InvalidParameterError):
             await client.call("api_entreprise_v3_dgddi_eori", siret_or_eori=value)
     assert [] == rec.requests
+
+
+def test_a_governor_finalizer_never_waits_for_the_lock() -> None:
+    """A collected governor's cleanup runs wherever the GC runs: it must not block.
+
+    A thread being started collects garbage while its starter may hold the
+    governors' lock and wait for it (this hung the suite): the cleanup is left
+    for later instead, and done by the next finalizer that gets the lock.
+    """
+    import threading
+
+    from apientreprise_async._governor import _forget_scope, _shared_for
+
+    backend = InMemoryBackend()
+    shared = _shared_for(backend)
+    shared.queues["old-1/ip"] = shared.queues["old-2/ip"] = shared.queues["live/ip"] = None  # type: ignore[assignment]
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with shared.lock:
+            holding.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(5)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (_forget_scope(backend, "old-1"), done.set()))
+    worker.start()
+    assert done.wait(2), "the finalizer blocked on a lock held elsewhere"
+    assert "old-1/ip" in shared.queues  # left for later
+    release.set()
+    holder.join(5)
+    worker.join(5)
+    _forget_scope(backend, "old-2")
+    assert ["live/ip"] == list(shared.queues)

@@ -79,3 +79,12 @@ def test_a_token_file_with_a_control_character_is_refused_quietly(tmp_path: path
     assert "position 30" in done.stderr
     assert [] == leaked(done.stdout + done.stderr)
     assert "Traceback" not in done.stderr
+
+
+def test_a_token_given_as_the_identifier_is_not_echoed() -> None:
+    """The library's "not a valid SIREN" shows a long value by its first characters only."""
+    done = cli("call", UL, TOKEN, environ=env("http://127.0.0.1:9"), timeout=30)
+    assert 3 == done.returncode, done.stderr
+    assert f"({len(TOKEN)} characters)" in done.stderr
+    assert [] == leaked(done.stdout + done.stderr)
+    assert TOKEN[:12] not in done.stdout + done.stderr
