@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import pathlib
@@ -31,9 +32,20 @@ def make_jwt(claims: dict[str, Any] | None = None, *, exp_in_days: float = 400) 
 
 # Processes of this test run (and the workers they start) find each other here, not
 # in the user's runtime directory where another test run could be using the library.
-os.environ.setdefault(
-    "APIENTREPRISE_ASYNC_RUNTIME_DIR", tempfile.mkdtemp(prefix="apientreprise-async-tests-")
-)
+_RUNTIME = tempfile.mkdtemp(prefix="apientreprise-async-tests-")
+os.environ.setdefault("APIENTREPRISE_ASYNC_RUNTIME_DIR", _RUNTIME)
+_runs = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _own_runtime_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test (and the worker processes it starts) shares the host's quota with no other.
+
+    The host store remembers a period of calls (a minute of them in the IP bucket with
+    the default limits): a test must not inherit the previous test's workers' calls.
+    """
+    monkeypatch.setenv("APIENTREPRISE_ASYNC_RUNTIME_DIR", os.path.join(_RUNTIME, str(next(_runs))))
+
 
 TOKEN = make_jwt({"scopes": ["unites_legales_etablissements_insee"]})
 

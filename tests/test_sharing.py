@@ -135,7 +135,8 @@ def test_a_newcomer_waits_for_the_history_of_a_sibling_alone(
         backend.clear()
         sibling.kill()
         sibling.communicate()
-    assert 3 <= seen["wait"] <= 5.1, seen
+    # Its calls hold the bucket until 5 s after they were made (less however long we took).
+    assert 1.0 <= seen["wait"] <= 5.1, seen
     assert (0, 3) == (seen["state"].open, seen["state"].occupied)
     assert [r for r in caplog.records if "1 other process(es)" in r.getMessage()]
 
