@@ -191,3 +191,38 @@ def test_an_unusable_store_is_said_loudly(runtime: Path, caplog: pytest.LogCaptu
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert errors
     assert "cannot be used" in errors[0].getMessage()
+
+
+def test_the_synchronous_client_joins_its_siblings(runtime: Path) -> None:
+    """``Client(token)`` (a loop on a thread of its own) joins the host like an async client."""
+    from apientreprise_async import Client
+    from apientreprise_async._governor import default_backend
+    from apientreprise_async.testing import Emulator
+
+    from .conftest import RECIPIENT, TOKEN
+
+    emulator = Emulator(period=1.0)
+    emulator.add_token(TOKEN)
+    sibling = subprocess.Popen(
+        [sys.executable, "-c", _SIBLING],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert sibling.stdout is not None
+        assert "alone" == sibling.stdout.readline().strip()
+        with Client(
+            TOKEN, transport=emulator.transport(), recipient=RECIPIENT, context="tests", object="t"
+        ) as client:
+            client.call("api_entreprise_v4_insee_unites_legales", siren="130025265")
+            assert client.governor.backend is default_backend()
+        backend = default_backend()
+        assert isinstance(backend, DefaultBackend)
+        assert backend.shared
+        assert 1 == len(emulator.requests)
+    finally:
+        sibling.kill()
+        sibling.communicate()
