@@ -25,6 +25,7 @@ had the whole quota. The default backend now finds its siblings:
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import atexit
 import contextlib
@@ -105,9 +106,9 @@ class _Membership:
         # Read and write: opening never blocks and reading never sees an end of file.
         self.fifo_fd = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
         self._on_request = on_request
-        threading.Thread(
-            target=self._listen, name="apientreprise_async sharing", daemon=True
-        ).start()
+        # Not threading.Thread: its start() waits for the thread to run, and this runs
+        # under the governor's lock, which a finalizer in the new thread may want.
+        _thread.start_new_thread(self._listen, ())
         # Last, locked before it is visible (a file seen unlocked is a dead member's):
         # from then on, others may tell us through the FIFO.
         hidden = self.directory / f".{self.name}.lock"
@@ -414,7 +415,7 @@ class DefaultBackend(InMemoryBackend):
                 return InMemoryBackend.acquire_now(self, requests)
             if self._joining():
                 return self._waiting(requests)
-        return host.acquire_now(requests)
+            return host.acquire_now(requests)
 
     def _release_sent(self, grant: Grant, end: float, lane: _Lane | None = None) -> None:
         with self._lock:
@@ -433,7 +434,7 @@ class DefaultBackend(InMemoryBackend):
                 return InMemoryBackend.release_now(self, grant, end=end, feedback=feedback)
             if id(grant) not in host._seqs:
                 grant = self._adopt(host, grant)
-        return host.release_now(grant, end=end, feedback=feedback)
+            return host.release_now(grant, end=end, feedback=feedback)
 
     def _adopt(self, host: _host.HostBackend, grant: Grant) -> Grant:
         """A grant taken in memory before the move: release the store slot replayed for it."""
@@ -468,23 +469,27 @@ class DefaultBackend(InMemoryBackend):
                 return tuple(self._bucket(r).ready(now, r) for r in requests)
             if self._joining():
                 return self._waiting(requests).ready
-        return host.ready_now(requests)
+            return host.ready_now(requests)
 
     async def seed(self, request: SlotRequest, feedback: Feedback) -> None:
         """Create (or correct) a bucket whose real limit is already known."""
-        host = self._route()
-        if host is None:
-            await InMemoryBackend.seed(self, request, feedback)
-        else:
-            host.seed_now(request, feedback)
+        with self._lock:
+            host = self._route()
+            if host is not None:
+                host.seed_now(request, feedback)
+                return
+        await InMemoryBackend.seed(self, request, feedback)
+
+    # Below, the lock comes before the store's own (always in that order: see _on_request).
 
     def pause(self, key: str, until: float) -> None:
         """Grant nothing in ``key`` before ``until`` (in every process once shared)."""
-        host = self._host
-        if host is None:
-            InMemoryBackend.pause(self, key, until)
-        else:
-            host.pause(key, until)
+        with self._lock:
+            host = self._host
+            if host is None:
+                InMemoryBackend.pause(self, key, until)
+            else:
+                host.pause(key, until)
 
     def paused_until(self, key: str) -> float:
         """End of ``key``'s pause (``-inf`` when none)."""
@@ -495,17 +500,19 @@ class DefaultBackend(InMemoryBackend):
 
     async def estimate(self, request: SlotRequest, position: int, hold: float) -> float:
         """When a call with ``position`` calls ahead would get a slot (a lower bound)."""
-        host = self._route()
-        if host is None:
-            return await InMemoryBackend.estimate(self, request, position, hold)
-        return await host.estimate(request, position, hold)
+        with self._lock:
+            host = self._route()
+            if host is not None:
+                return await host.estimate(request, position, hold)  # never suspends
+        return await InMemoryBackend.estimate(self, request, position, hold)
 
     def snapshot(self) -> Mapping[str, BucketState]:
         """Every bucket, from memory or from the store."""
-        host = self._host
-        if host is None:
-            return InMemoryBackend.snapshot(self)
-        return host.snapshot()
+        with self._lock:
+            host = self._host
+            if host is not None:
+                return host.snapshot()
+        return InMemoryBackend.snapshot(self)
 
     def clear(self) -> None:
         """Forget every bucket and leave the host's siblings (between tests)."""
