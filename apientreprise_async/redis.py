@@ -956,8 +956,14 @@ class RedisBackend:
     # -- the protocol ---------------------------------------------------------------------
 
     async def _local_acquire(self, requests: Sequence[_SlotRequest]) -> _Grant | _Blocked:
+        now = _now()
         for request in requests:
             self._local_bucket(request)
+            # A pause heard of from another process holds locally too: else the grant
+            # would be refused by Permit.sending() instead of waiting for the pause's end.
+            until = self._paused.get(request.key, -_INF)
+            if until > now:
+                self._local.pause(request.key, until)
         divided = [self._divided(r) for r in requests]
         result = await self._local.acquire(divided)
         if type(result) is _Grant:

@@ -320,3 +320,30 @@ async def test_an_answer_saying_limit_zero_never_blocks_a_governor(
     finally:
         if isinstance(backend, RedisBackend):
             await backend.aclose()
+
+
+async def test_a_pause_heard_before_redis_died_holds_in_local_mode(server: RedisProcess) -> None:
+    """Redis gone (fail_mode='local'): a 429 pause heard from another worker still
+    holds, so a call waits for its end instead of being granted and then refused."""
+    endpoint = json_endpoint("op_a")
+    limits = Limits(groups={"json_resources_entreprise": 100}, period=0.25, slow_start=False)
+    prefix = f"p{os.urandom(3).hex()}"
+    async with (
+        RedisBackend(server.url, prefix=prefix, fail_mode="local", timeout=0.3) as one,  # type: ignore[arg-type]
+        RedisBackend(server.url, prefix=prefix, fail_mode="local", timeout=0.3) as two,  # type: ignore[arg-type]
+    ):
+        first, second = Governor(limits, backend=one), Governor(limits, backend=two)
+        async with second.permit("fp", endpoint) as permit:  # the second worker knows the bucket
+            permit.sending()
+            permit.observe(200, {})
+        async with first.permit("fp", endpoint) as permit:
+            permit.sending()
+            permit.observe(429, {"Retry-After": "1"})
+        paused_at = anyio.current_time()
+        await anyio.sleep(0.1)  # the pause travels by message
+        assert max(two.paused_until(key) for key in two.snapshot()) > paused_at
+        await anyio.to_thread.run_sync(server.stop)
+        async with second.permit("fp", endpoint) as permit:
+            permit.sending()  # waited for the pause's end: not refused
+            sent = anyio.current_time()
+        assert sent >= paused_at + 1.0 - 0.1
