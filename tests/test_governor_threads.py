@@ -328,3 +328,36 @@ def test_a_reset_keeps_the_default_governors_limits() -> None:
         assert {} == dict(default_governor().snapshot().buckets)
     finally:
         default_governor().limits = default_limits
+
+
+def test_a_governor_collected_on_a_thread_another_waits_for_never_deadlocks() -> None:
+    """Its finalizer may run on any thread, even one started under the lock (the host's
+    sharing thread was): it must not wait for that lock; the buckets go a little later."""
+    from apientreprise_async._governor import default_backend
+
+    backend = default_backend()
+    gov: Governor | None = Governor(Limits(period=1.0))
+    assert gov is not None
+    scope = gov._scope
+
+    async def one() -> None:
+        assert gov is not None
+        async with gov.permit("tok", ENDPOINT) as permit:
+            permit.sending()
+
+    anyio.run(one)
+    assert [key for key in backend._buckets if key.startswith(scope)]
+    lock = gov._lock
+
+    def collect() -> None:
+        nonlocal gov
+        gov = None
+        gc.collect()
+
+    with lock:  # as a thread starting another under the lock, waiting for it
+        collector = threading.Thread(target=collect)
+        collector.start()
+        collector.join(5)
+        assert not collector.is_alive(), "the finalizer waited for the lock"
+    Governor(Limits(period=1.0))  # collected at once: its finalizer drops what was left behind
+    assert not [key for key in backend._buckets if key.startswith(scope)]
