@@ -4,7 +4,8 @@ It builds one :class:`AsyncClient` per token on the emulator's URL, with the
 default governor (nothing configured for sharing) or an explicit backend,
 prints ``ready``, waits for a line on stdin, then runs ``calls`` distinct
 calls with ``tasks`` concurrent tasks spread over the tokens, and prints one
-JSON line: statuses counted, elapsed seconds. Every tenth call answered prints
+JSON line: statuses counted, elapsed seconds, when each call sent was asked for
+and let go by the governor. Every tenth call answered prints
 ``progress N`` so that a test can kill it in the middle.
 """
 
@@ -24,7 +25,7 @@ from apientreprise_async import AsyncClient, Governor, Limits, Timeouts
 from apientreprise_async._errors import ApiEntrepriseError, ApiError, TransportError
 from apientreprise_async.backends import InMemoryBackend
 
-from ._redis_worker import OP, RECIPIENT, siren
+from ._redis_worker import OP, RECIPIENT, audit_grants, siren
 
 
 async def work(args: argparse.Namespace) -> dict[str, Any]:
@@ -41,6 +42,7 @@ async def work(args: argparse.Namespace) -> dict[str, Any]:
     else:
         options = {"governor": Governor(limits, backend=InMemoryBackend())}
     statuses: Counter[str] = Counter()
+    granted: list[tuple[float, float]] = []
     clients = []
     for token in args.tokens.split(","):
         client = AsyncClient(
@@ -53,6 +55,7 @@ async def work(args: argparse.Namespace) -> dict[str, Any]:
             coalesce=False,
             circuit=None,
             timeouts=Timeouts(json=args.timeout, connect=args.timeout),
+            audit=audit_grants(granted),
             **options,
         )
         if "governor" not in options:
@@ -89,7 +92,7 @@ async def work(args: argparse.Namespace) -> dict[str, Any]:
     elapsed = anyio.current_time() - started
     for client in clients:
         await client.aclose()
-    return {"statuses": dict(statuses), "elapsed": elapsed}
+    return {"statuses": dict(statuses), "elapsed": elapsed, "granted": granted}
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 It builds an :class:`AsyncClient` on the emulator's URL with a governor on
 Redis (or in memory), prints ``ready``, waits for a line on stdin, then runs
 ``calls`` distinct calls with ``tasks`` concurrent tasks and prints one JSON
-line: statuses counted, errors by type, elapsed seconds.
+line: statuses counted, errors by type, elapsed seconds, and for each call
+sent when it was asked for and when the governor let it go (epoch seconds).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
 
 from apientreprise_async import AsyncClient, Governor, Limits, Timeouts
 from apientreprise_async._errors import ApiEntrepriseError, ApiError, TransportError
+from apientreprise_async.audit import AuditRecord
 from apientreprise_async.backends import GovernorBackend, InMemoryBackend
 from apientreprise_async.redis import RedisUnavailableError
 
@@ -34,6 +37,52 @@ def siren(number: int) -> str:
         digit = int(char) * (2 if index % 2 == 0 else 1)
         total += digit - 9 if digit > 9 else digit
     return body + str((10 - total % 10) % 10)
+
+
+def audit_grants(granted: list[tuple[float, float]]) -> Callable[[AuditRecord], None]:
+    """An audit sink noting, for each call sent, when it was asked for and let go."""
+
+    def keep(record: AuditRecord) -> None:
+        if record.http_status is not None:  # sent: the governor let it go
+            asked = record.timestamp.timestamp() - record.duration
+            granted.append((round(asked, 4), round(asked + record.governor_wait, 4)))
+
+    return keep
+
+
+def share_of_offer(
+    arrivals: Iterable[float], reports: Iterable[dict[str, Any]], period: float, limit: int
+) -> tuple[float, float, int]:
+    """Of what the clients offered each full server window, the share that was let go.
+
+    ``arrivals``: the server's arrival times (epoch) of the calls the limit binds;
+    ``reports``: the workers' reports (their ``granted`` lists). A window's offer
+    is its calls plus those the governor held past its end (asked for before it,
+    let go after), at most the limit. A window left short while calls waited in
+    the governor is the governor's doing; one left short with nothing waiting is
+    the machine's (a starved CPU asked for less), not the governor's. Returns the
+    share by arrivals at the server and by the governor's grants, and the number
+    of full windows.
+    """
+    arrived = Counter(int(t // period) for t in arrivals)
+    full = range(min(arrived) + 1, max(arrived))
+    let_go: Counter[int] = Counter()
+    held: Counter[int] = Counter()
+    for report in reports:
+        for asked, granted in report["granted"]:
+            let_go[int(granted // period)] += 1
+            for window in range(int(asked // period), int(granted // period)):
+                held[window] += 1
+    offered = sum(min(limit, arrived[w] + held[w]) for w in full)
+    # The governor bound (calls waited for it) in some window, or the share proves nothing.
+    assert offered > sum(min(limit, arrived[w]) for w in full) or any(
+        arrived[w] >= limit for w in full
+    ), (arrived, held)
+    by_arrival = sum(min(limit, arrived[w]) for w in full) / max(1, offered)
+    by_grant = sum(min(limit, let_go[w]) for w in full) / max(
+        1, sum(min(limit, let_go[w] + held[w]) for w in full)
+    )
+    return by_arrival, by_grant, len(full)
 
 
 async def work(args: argparse.Namespace) -> dict[str, Any]:
@@ -53,6 +102,7 @@ async def work(args: argparse.Namespace) -> dict[str, Any]:
     else:
         backend = InMemoryBackend()
     statuses: Counter[str] = Counter()
+    granted: list[tuple[float, float]] = []
     async with AsyncClient(
         args.token,
         base_url=args.url,
@@ -64,6 +114,7 @@ async def work(args: argparse.Namespace) -> dict[str, Any]:
         coalesce=False,
         circuit=None,
         timeouts=Timeouts(json=args.timeout, connect=args.timeout),
+        audit=audit_grants(granted),
     ) as client:
         print("ready", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)
@@ -114,6 +165,7 @@ async def work(args: argparse.Namespace) -> dict[str, Any]:
         "cpu": time.process_time(),
         "left": left,
         "losses": losses,
+        "granted": granted,
     }
 
 
