@@ -361,3 +361,22 @@ def test_a_governor_collected_on_a_thread_another_waits_for_never_deadlocks() ->
         assert not collector.is_alive(), "the finalizer waited for the lock"
     Governor(Limits(period=1.0))  # collected at once: its finalizer drops what was left behind
     assert not [key for key in backend._buckets if key.startswith(scope)]
+
+
+def test_uvloop_asyncio_and_trio_threads_share_one_governor() -> None:
+    """uvicorn's loop (uvloop) next to plain asyncio and trio: one bucket, FIFO wake-ups work."""
+    pytest.importorskip("uvloop", reason="uvloop is not installed")
+    gov = governor(3)
+    sends: list[float] = []
+
+    async def calls() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(one_call, gov, sends)
+
+    def uvloop_thread() -> None:
+        anyio.run(calls, backend="asyncio", backend_options={"use_uvloop": True})
+
+    run_in_threads([uvloop_thread, on("asyncio", calls), on("trio", calls)])
+    assert 12 == len(sends)
+    check_spacing(sends, 3, HOLD)
