@@ -82,8 +82,8 @@ import attrs
 from ._catalogue import GROUP_LIMITS, IP_LIMIT, Endpoint, get_endpoint
 from ._clock import Home, current_home, current_time
 from ._clock import reset as reset_clock
-from ._errors import MAX_RETRY_AFTER, ApiEntrepriseError, RateLimitError, retry_after_seconds
-from ._response import _Window, parse_rate_limit, parse_window
+from ._errors import ApiEntrepriseError, RateLimitError, retry_after_seconds
+from ._response import _lower, _Window, parse_rate_limit, parse_window
 from .backends import (
     Blocked,
     BucketState,
@@ -111,8 +111,6 @@ _logger = logging.getLogger("apientreprise_async.governor")
 
 #: The key of the bucket every call of the process shares.
 IP_KEY = "ip"
-#: The longest pause a ``Retry-After`` can impose (a garbled header must not stop us for days).
-_MAX_PAUSE = MAX_RETRY_AFTER
 #: Answers without usable ``RateLimit-*`` headers to a route's slow-start probes
 #: after which its configured limit is trusted (a server or a stub that never sends them).
 _BLIND_PROBES = 3
@@ -593,13 +591,6 @@ def reset_default() -> None:
                 _default_governor = fresh
 
 
-def _lower(headers: Mapping[str, str]) -> Mapping[str, str]:
-    # httpx.Headers is case-insensitive already; a plain dict from a test or a hook is not.
-    if isinstance(headers, dict):
-        return {key.lower(): value for key, value in headers.items()}
-    return headers
-
-
 def _retry_after(headers: Mapping[str, str], wall_now: float) -> float | None:
     """``Retry-After`` alone, in seconds (``RateLimit-Reset`` is read on the server's clock).
 
@@ -885,7 +876,7 @@ class Permit:
             seconds = _retry_after(headers, governor._wall_clock())
             until = -_INF
             if seconds is not None:
-                until = now + min(seconds, _MAX_PAUSE) + slack
+                until = now + seconds + slack  # already within MAX_RETRY_AFTER
             if feedback is not None:
                 # Until the refusing window has surely ended, whatever Retry-After says.
                 until = max(until, feedback.reset_at)
