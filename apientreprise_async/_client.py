@@ -63,7 +63,7 @@ from ._identifiers import (
 )
 from ._maintenance import maintenance_remaining
 from ._request import CookielessAsyncClient, RequestBuilder
-from ._response import Response, parse_rate_limit
+from ._response import RateLimit, Response, parse_rate_limit
 from ._retry import Attempt, RetryPolicy, annotate, describe
 from ._telemetry import Stats, StatsCollector, Telemetry
 from .audit import AuditError, AuditErrors, AuditRecord, AuditSink, _emit, _entity_of, _field
@@ -1564,7 +1564,7 @@ class AsyncClient(Resources):
             )
         request_id = answer.headers.get("x-request-id")
         rate_limit = parse_rate_limit(answer.headers)
-        self._log(request, answer, started, request_id)
+        self._log(request, answer, started, request_id, rate_limit)
         try:
             body = answer.json() if answer.content else None
         except ValueError:
@@ -1623,7 +1623,7 @@ class AsyncClient(Resources):
                     "no free connection in the pool", url=url, operation_id=op_id
                 ) from _scrubbed(exc)
             except httpx.HTTPError as exc:
-                self._log(request, None, started, None)
+                self._log(request, None, started, None, None)
                 what = "timed out" if isinstance(exc, httpx.TimeoutException) else "no answer"
                 raise _Silence(
                     f"{what}: {type(exc).__name__} on {request.url.path}",
@@ -1639,7 +1639,7 @@ class AsyncClient(Resources):
                         await answer.aclose()
         if scope.cancelled_caught:
             if answer is None:
-                self._log(request, None, started, None)
+                self._log(request, None, started, None, None)
                 raise _Silence(
                     f"timed out: no answer within the {deadline:.1f} s deadline "
                     f"on {request.url.path}",
@@ -1711,13 +1711,13 @@ class AsyncClient(Resources):
         answer: httpx.Response | None,
         started: float,
         request_id: str | None,
+        rate_limit: RateLimit | None,
     ) -> None:
         if not logger.isEnabledFor(logging.DEBUG):
             return
         duration_ms = round((_now() - started) * 1000, 1)
         status = answer.status_code if answer is not None else None
-        window = parse_rate_limit(answer.headers) if answer is not None else None
-        remaining = None if window is None else window.remaining
+        remaining = None if rate_limit is None else rate_limit.remaining
         query = request.url.query.decode("ascii", "replace")
         path = request.url.path
         logger.debug(
