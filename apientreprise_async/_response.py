@@ -78,12 +78,19 @@ def _lower(headers: Mapping[str, str]) -> Mapping[str, str]:
     return {str(key).lower(): value for key, value in headers.items()}
 
 
+def _fields(headers: Mapping[str, str]) -> tuple[float | None, float | None, float | None]:
+    """``RateLimit-Limit``, ``-Remaining`` and ``-Reset``, each ``None`` when unusable."""
+    headers = _lower(headers)
+    return (
+        _count(headers.get("ratelimit-limit")),
+        _count(headers.get("ratelimit-remaining")),
+        _count(headers.get("ratelimit-reset")),
+    )
+
+
 def parse_rate_limit(headers: Mapping[str, str]) -> RateLimit | None:
     """Read whichever ``RateLimit-*`` headers are usable; ``None`` when none is."""
-    headers = _lower(headers)
-    limit = _count(headers.get("ratelimit-limit"))
-    remaining = _count(headers.get("ratelimit-remaining"))
-    reset = _count(headers.get("ratelimit-reset"))
+    limit, remaining, reset = _fields(headers)
     if limit is None and remaining is None and reset is None:
         return None
     return RateLimit(
@@ -95,10 +102,7 @@ def parse_rate_limit(headers: Mapping[str, str]) -> RateLimit | None:
 
 def parse_window(headers: Mapping[str, str]) -> _Window | None:
     """All three ``RateLimit-*`` headers, or ``None`` if any is absent or malformed."""
-    headers = _lower(headers)
-    limit = _count(headers.get("ratelimit-limit"))
-    remaining = _count(headers.get("ratelimit-remaining"))
-    reset = _count(headers.get("ratelimit-reset"))
+    limit, remaining, reset = _fields(headers)
     if limit is None or remaining is None or reset is None:
         return None
     return _Window(int(limit), int(remaining), reset)
