@@ -57,7 +57,7 @@ from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar, r
 import attrs
 
 from ._clock import current_time as _current_time
-from ._errors import MAX_RETRY_AFTER
+from ._errors import MAX_RETRY_AFTER as _MAX_RETRY_AFTER
 
 __all__ = [
     "Blocked",
@@ -74,7 +74,7 @@ __all__ = [
 #: Fraction of the limit below which a capped bucket sends one call at a time.
 _ENDGAME = 0.05
 #: The furthest a server's ``RateLimit-Reset`` may hold a bucket (as ``Retry-After``).
-_MAX_RESET = MAX_RETRY_AFTER
+_MAX_RESET = _MAX_RETRY_AFTER
 #: A ``RateLimit-Limit`` above this is nonsense (no server counts a billion calls a window;
 #: test setups do use a million).
 _MAX_LIMIT = 10**9
