@@ -372,6 +372,11 @@ def _ends_bytes(ends: Sequence[float]) -> bytes:
     return ends.tobytes() if isinstance(ends, array) else array("d", ends).tobytes()
 
 
+#: The last offset read per store clock, shared by every view in the process: two views
+#: converting one stored time must agree to the bit (a pause must never read early).
+_LAST_OFFSET: dict[Callable[[], float], float] = {}
+
+
 def _back(value: float, offset: float) -> float:
     """A store time as an anyio time (infinities kept)."""
     return value if value in (_INF, -_INF) else value - offset
@@ -421,7 +426,6 @@ class HostBackend:
         self._store.views.add(self)
         self._seqs: dict[int, tuple[_Grant, tuple[int, ...]]] = {}
         self._paused: dict[str, tuple[float, float, float]] = {}
-        self._last_offset = _INF
         # Whose governors' waiters a release here concerns (the default backend wraps one).
         self._facade: object = self
 
@@ -445,9 +449,10 @@ class HostBackend:
             if after - before < 1e-4:
                 break
         offset = (before + after) / 2 - now
-        if abs(offset - self._last_offset) < 1e-3:
-            return self._last_offset
-        self._last_offset = offset
+        last = _LAST_OFFSET.get(clock, _INF)
+        if abs(offset - last) < 1e-3:
+            return last
+        _LAST_OFFSET[clock] = offset
         return offset
 
     def _load(
