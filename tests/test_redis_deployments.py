@@ -166,7 +166,10 @@ async def test_on_a_cluster_a_flushed_node_is_seen_as_a_loss(
 
 @pytest.fixture
 def sentinel_setup(tmp_path: pathlib.Path) -> Iterator[tuple[RedisProcess, RedisProcess, int]]:
-    """A primary, its replica and one sentinel (quorum 1, 200 ms to call the primary down)."""
+    """A primary, its replica and one sentinel (quorum 1, 1 s to call the primary down).
+
+    Much less and a loaded machine fails over by itself in the middle of a check.
+    """
     primary = RedisProcess().start()
     replica = RedisProcess(None, "--replicaof", "127.0.0.1", str(primary.port))
     sentinel_port = free_port()
@@ -174,7 +177,7 @@ def sentinel_setup(tmp_path: pathlib.Path) -> Iterator[tuple[RedisProcess, Redis
     config.write_text(
         f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
         f"sentinel monitor main 127.0.0.1 {primary.port} 1\n"
-        "sentinel down-after-milliseconds main 200\n"
+        "sentinel down-after-milliseconds main 1000\n"
         "sentinel failover-timeout main 2000\n"
     )
     sentinel = subprocess.Popen(
