@@ -294,6 +294,8 @@ class BatchStats:
             (each occurrence of a duplicate counts, and uses up one line).
         done: outcomes produced by this run.
         ok, not_found, invalid, errors: ``done`` by status.
+        unfit: those ``ok`` whose answer did not fit its record (the line has
+            the data as sent and its ``problems``).
         in_flight: calls being made (queueing in the governor included).
         paused: seconds workers spent waiting for a closed window, all together.
         closed_until: when the current closed window ends (Paris time), if any.
@@ -309,6 +311,7 @@ class BatchStats:
     not_found: int = 0
     invalid: int = 0
     errors: int = 0
+    unfit: int = 0
     in_flight: int = 0
     paused: float = 0.0
     closed_until: dt.datetime | None = None
@@ -321,6 +324,8 @@ class BatchStats:
         status = outcome.status
         if status == "ok":
             self.ok += 1
+            if outcome.response is not None and outcome.response.problems:
+                self.unfit += 1
         elif status == "not_found":
             self.not_found += 1
         elif status == "invalid":

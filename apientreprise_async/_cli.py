@@ -296,6 +296,17 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument(
         "--latency", type=float, default=0.0, help="seconds each answer takes (0)"
     )
+    emulator.add_argument(
+        "--share-drifted",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of 200 answers whose payload drifted: a field nulled, removed or made an "
+        "object, a new field added (0; 1: all)",
+    )
+    emulator.add_argument(
+        "--seed", type=int, default=0, help="seeds the faults: same seed, same answers (0)"
+    )
     emulator.set_defaults(handler=_emulator)
     return parser
 
@@ -625,6 +636,8 @@ def _summary(batch: Batch, elapsed: float, limit: int, period: float, title: str
     if stats.resumed_errors:
         table.add_row("  error lines from earlier runs", f"{stats.resumed_errors:,}")
     table.add_row("  found", f"{stats.ok:,}")
+    if stats.unfit:
+        table.add_row("    not fitting their record (see problems)", f"{stats.unfit:,}")
     table.add_row("  not found (404)", f"{stats.not_found:,}")
     table.add_row("  invalid, refused locally", f"{stats.invalid:,}")
     table.add_row("  errors", f"{stats.errors:,}")
@@ -1063,7 +1076,10 @@ def _emulator(args: argparse.Namespace) -> int:
 
     if args.period <= 0 or args.latency < 0:
         raise CliError("--period must be positive and --latency not negative")
-    emulator = Emulator(period=args.period, faults=Faults(latency=args.latency))
+    if not 0 <= args.share_drifted <= 1:
+        raise CliError("--share-drifted must be between 0 and 1")
+    faults = Faults(latency=args.latency, share_drifted=args.share_drifted)
+    emulator = Emulator(period=args.period, faults=faults, seed=args.seed)
     token_source = "API_ENTREPRISE_TOKEN"
     if args.token_file:
         path = pathlib.Path(args.token_file)

@@ -399,6 +399,7 @@ class _Answer:
     http_status = 200
     request_id = None
     data = None
+    problems = ()
 
 
 async def test_inputs_are_read_lazily_with_backpressure() -> None:

@@ -404,6 +404,7 @@ def test_bad_options_are_one_line_in_every_subcommand(tmp_path: pathlib.Path) ->
         (["call", UL, "--nope"], 2),
         (["privileges", "--recipient", "x"], 2),
         (["emulator", "--period", "-1"], 3),
+        (["emulator", "--share-drifted", "2"], 3),
         (["demo", "--calls", "0"], 3),
         (["nothing"], 2),
     ]:

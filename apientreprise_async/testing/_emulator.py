@@ -66,6 +66,7 @@ Send = Callable[[Message], Awaitable[None]]
 WindowMode = Literal["aligned", "first_call"]
 TokenState = Literal["valid", "expired", "blacklisted"]
 Outcome = Literal["answered", "banned", "dropped"]
+DriftKind = Literal["null", "removed", "object"]
 
 _TRACEABILITY = ("context", "recipient", "object")
 _MISSING = {"context": "00201", "object": "00202", "recipient": "00203"}
@@ -151,6 +152,18 @@ class Faults:
         share_502: share of answers replaced by a 502 provider error.
         share_504: share of answers replaced by a 504 network error.
         share_dropped: share of connections cut before the answer is complete.
+        share_drifted: share of 200 JSON answers whose payload drifted, as a
+            provider's does when it changes its format unannounced. In the
+            object of ``data`` (the first object of a ``data`` list), the first
+            field in the answer's order that its record declares and that holds
+            a string, number or boolean is drawn one way: set to ``null``,
+            removed, or replaced by the object ``{"valeur": <old value>,
+            "source": "emulateur"}``; and a field the record does not know,
+            ``champ_ajoute_par_le_fournisseur``, is added to that object. The
+            object case is always named in ``Response.problems``; null and
+            removed are too, unless the field is nullable or optional. Answers
+            with no such field are sent unchanged. :attr:`RecordedRequest.drift`
+            says what was done.
         retry_in: ``meta.retry_in`` of those 502/504 answers, in seconds.
         provider_timeout: like the real server, a provider slower than this
             gets a 504 (``XX002``) after that long.
@@ -163,6 +176,7 @@ class Faults:
     share_502: float = 0.0
     share_504: float = 0.0
     share_dropped: float = 0.0
+    share_drifted: float = 0.0
     retry_in: float = 10.0
     provider_timeout: float = 10.0
 
@@ -210,6 +224,9 @@ class RecordedRequest:
     window: float | None = None
     """When the server window that counted the call (its token's bucket) opened, as an
     epoch; ``None`` for calls no token bucket counted."""
+    drift: tuple[DriftKind, str] | None = None
+    """How the answer's payload drifted (:attr:`Faults.share_drifted`) and the JSON path
+    of the field, e.g. ``("object", "$.data.siren")``; ``None`` when sent as built."""
 
 
 @attrs.define
@@ -697,6 +714,7 @@ class Emulator:
         params: Mapping[str, str] | None = None,
         outcome: Outcome = "answered",
         window: float | None = None,
+        drift: tuple[DriftKind, str] | None = None,
     ) -> None:
         self._records.append(
             RecordedRequest(
@@ -713,6 +731,7 @@ class Emulator:
                 outcome=outcome,
                 request_id=request_id,
                 window=window,
+                drift=drift,
             )
         )
 
@@ -781,10 +800,10 @@ class Emulator:
             conflict = _json(409, {"errors": [_error("00015", "Conflit", _CONFLICT)]})
             conflict.headers = rate
             return done(conflict, **kw)
-        delay, drop, answer = self._faults(endpoint, answer, rate)
+        delay, drop, answer, drift = self._faults(endpoint, answer, rate)
         outcome: Outcome = "dropped" if drop else "answered"
         status = None if drop else answer.status
-        self._record(incoming, mono, epoch, request_id, status, outcome=outcome, **kw)
+        self._record(incoming, mono, epoch, request_id, status, outcome=outcome, drift=drift, **kw)
         # Held until the answer is sent: an identical call meanwhile gets a 409.
         self._in_flight.add(duplicate_key)
         return _Plan(answer, delay, drop, duplicate_key)
@@ -952,10 +971,10 @@ class Emulator:
 
     def _faults(
         self, endpoint: Endpoint, answer: _Answer, rate: list[tuple[str, str]]
-    ) -> tuple[float, bool, _Answer]:
+    ) -> tuple[float, bool, _Answer, tuple[DriftKind, str] | None]:
         f = self.faults
         if endpoint.operation_id == _PRIVILEGES:
-            return 0.0, False, answer
+            return 0.0, False, answer, None
         draw = self._rng.random()
         latency = f.draw_latency(self._rng)
         prefix, provider = _provider(endpoint)
@@ -964,9 +983,9 @@ class Emulator:
             item = _error(f"{prefix}002", "Intermédiaire hors-délai", _TIMEOUT, meta=meta)
             failed = _json(504, {"errors": [item]})
             failed.headers = rate
-            return f.provider_timeout, False, failed
+            return f.provider_timeout, False, failed, None
         if draw < f.share_dropped:
-            return latency, True, answer
+            return latency, True, answer, None
         draw -= f.share_dropped
         if draw < f.share_502:
             meta = {"provider": provider, "retry_in": f.retry_in}
@@ -974,14 +993,51 @@ class Emulator:
             item = _error(f"{prefix}999", title, _UNKNOWN, meta=meta)
             failed = _json(502, {"errors": [item]})
             failed.headers = rate
-            return latency, False, failed
+            return latency, False, failed, None
         draw -= f.share_502
         if draw < f.share_504:
             item = _error("00501", "Erreur réseau", _NETWORK, meta={"retry_in": f.retry_in})
             failed = _json(504, {"errors": [item]})
             failed.headers = rate
-            return latency, False, failed
-        return latency, False, answer
+            return latency, False, failed, None
+        draw -= f.share_504
+        if draw < f.share_drifted and answer.status == 200:
+            drifted, drift = self._drift(endpoint, answer)
+            return latency, False, drifted, drift
+        return latency, False, answer, None
+
+    def _drift(
+        self, endpoint: Endpoint, answer: _Answer
+    ) -> tuple[_Answer, tuple[DriftKind, str] | None]:
+        """The answer with its payload drifted as :attr:`Faults.share_drifted` says."""
+        try:
+            body = json.loads(answer.body)
+        except ValueError:
+            return answer, None
+        data = body.get("data") if isinstance(body, dict) else None
+        record, where, target = endpoint.record, "$.data", data
+        if isinstance(data, list) and data and getattr(record, "__origin__", None) is tuple:
+            record, where, target = record.__args__[0], "$.data[0]", data[0]
+        if not isinstance(target, dict) or not attrs.has(record):
+            return answer, None
+        declared = {f.name for f in attrs.fields(record)} - {"extra", "unfit", "_absent"}
+        name = next(
+            (k for k, v in target.items() if k in declared and isinstance(v, str | int | float)),
+            None,
+        )
+        if name is None:
+            return answer, None
+        how: DriftKind = self._rng.choice(("null", "removed", "object"))
+        if how == "null":
+            target[name] = None
+        elif how == "removed":
+            del target[name]
+        else:
+            target[name] = {"valeur": target[name], "source": "emulateur"}
+        target[_NEW_FIELD] = {"ajoute": True}
+        drifted = _json(200, body)
+        drifted.headers, drifted.content_type = answer.headers, answer.content_type
+        return drifted, (how, f"{where}.{name}")
 
 
 class EmulatorTransport(httpx.AsyncBaseTransport):
@@ -1031,6 +1087,7 @@ def _all_operations() -> tuple[Endpoint, ...]:
 
 
 _PRIVILEGES = "api_entreprise_privileges"
+_NEW_FIELD = "champ_ajoute_par_le_fournisseur"
 _TOO_MANY = "Vous avez effectué trop de requêtes"
 _CONFLICT = (
     "Une requête associé à votre jeton est déjà en cours de traitement pour ces paramètres. "
