@@ -39,7 +39,7 @@ from apientreprise_async._convert import structure_lenient, unstructure
 from apientreprise_async.audit import AuditRecord
 from apientreprise_async.backends import InMemoryBackend
 from apientreprise_async.records import Record, dgfip, insee
-from apientreprise_async.testing import COMPANIES, Emulator
+from apientreprise_async.testing import COMPANIES, Emulator, Faults
 
 from .conftest import RECIPIENT, TOKEN, shared_or_skip
 from .test_records_staging import DUMMIES, _differences
@@ -311,40 +311,28 @@ async def test_logged_once_per_path_counted_and_audited(
     assert ("$.data.categorie_entreprise",) == audited[0].unfit_paths
 
 
-class _Drifting(httpx.AsyncBaseTransport):
-    """Passes requests to the emulator and drifts each 200 answer's ``data``."""
+def _drifting_emulator() -> Emulator:
+    """An emulator whose 200 answers carry an object where ``siren`` is documented.
 
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.inner = inner
-        self.sent = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Forward, then put an object where ``forme_juridique.code`` is documented."""
-        self.sent += 1
-        answer = await self.inner.handle_async_request(request)
-        if answer.status_code != 200:
-            return answer
-        body = json.loads(await answer.aread())
-        code = body["data"]["forme_juridique"]["code"]
-        body["data"]["forme_juridique"]["code"] = {"code": code, "version": "2025"}
-        headers = [(k, v) for k, v in answer.headers.items() if k.lower() != "content-length"]
-        return httpx.Response(200, headers=headers, content=json.dumps(body).encode())
+    Seed 5 drifts its first answers the ``"object"`` way; the tests check it.
+    """
+    emulator = Emulator(faults=Faults(share_drifted=1.0), seed=5)
+    emulator.add_token(TOKEN)
+    return emulator
 
 
 async def test_batch_line_holds_data_and_problems_and_a_rerun_skips_it(
     tmp_path: pathlib.Path,
 ) -> None:
     """The output line is a success with the data as sent; resuming does not send again."""
-    emulator = Emulator()
-    emulator.add_token(TOKEN)
-    drifting = _Drifting(emulator.transport())
+    emulator = _drifting_emulator()
     output = tmp_path / "out.jsonl"
     sirens = [c.siren for c in COMPANIES[:2]]
     for _ in range(2):
         async with (
             AsyncClient(
                 TOKEN,
-                transport=drifting,
+                transport=emulator.transport(),
                 governor=Governor(Limits(period=emulator.period), backend=InMemoryBackend()),
                 recipient=RECIPIENT,
                 context="tests",
@@ -353,12 +341,13 @@ async def test_batch_line_holds_data_and_problems_and_a_rerun_skips_it(
             client.batch(UL, sirens, output=output) as outcomes,
         ):
             assert all([o.ok async for o in outcomes])
-    assert 2 == drifting.sent  # the rerun found both lines done
+    assert [("object", "$.data.siren")] * 2 == [r.drift for r in emulator.requests]
+    # The rerun found both lines done: it sent nothing.
     lines = [json.loads(line) for line in output.read_text("utf-8").splitlines()]
     assert ["ok", "ok"] == [line["status"] for line in lines]
     for line in lines:
-        assert isinstance(line["data"]["forme_juridique"]["code"], dict)
-        assert [p for p in line["problems"] if p.endswith("@ $.data.forme_juridique.code")]
+        assert {"valeur": line["input"], "source": "emulateur"} == line["data"]["siren"]
+        assert [p for p in line["problems"] if p.endswith("@ $.data.siren")]
 
 
 async def test_proxy_answers_200_with_the_data() -> None:
@@ -374,13 +363,12 @@ async def test_proxy_answers_200_with_the_data() -> None:
         make_proxy_router,
     )
 
-    emulator = Emulator()
-    emulator.add_token(TOKEN)
+    emulator = _drifting_emulator()
     settings = ApiEntrepriseSettings(token=TOKEN, recipient=RECIPIENT, context="defaut")
     app = FastAPI(
         lifespan=make_lifespan(
             settings,
-            transport=_Drifting(emulator.transport()),
+            transport=emulator.transport(),
             governor=Governor(backend=InMemoryBackend()),
             check_maintenance=False,
         )
@@ -397,9 +385,10 @@ async def test_proxy_answers_200_with_the_data() -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as browser:
             answer = await browser.get(f"/p/v4/insee/sirene/unites_legales/{siren}")
     assert 200 == answer.status_code
+    assert [("object", "$.data.siren")] == [r.drift for r in emulator.requests]
     data = answer.json()["data"]
-    assert siren == data["siren"]
-    assert isinstance(data["forme_juridique"]["code"], dict)
+    assert {"valeur": siren, "source": "emulateur"} == data["siren"]
+    assert COMPANIES[0].raison_sociale == data["personne_morale_attributs"]["raison_sociale"]
 
 
 def test_records_used_here_are_records() -> None:
