@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import base64
 import itertools
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -33,6 +35,7 @@ def make_jwt(claims: dict[str, Any] | None = None, *, exp_in_days: float = 400) 
 # Processes of this test run (and the workers they start) find each other here, not
 # in the user's runtime directory where another test run could be using the library.
 _RUNTIME = tempfile.mkdtemp(prefix="apientreprise-async-tests-")
+atexit.register(shutil.rmtree, _RUNTIME, ignore_errors=True)
 os.environ.setdefault("APIENTREPRISE_ASYNC_RUNTIME_DIR", _RUNTIME)
 _runs = itertools.count()
 
