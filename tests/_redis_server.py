@@ -51,12 +51,13 @@ class RedisProcess:
         self.options = options
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
+        self.folder: str | None = None
 
     def start(self) -> RedisProcess:
         """Start it (empty) and wait until it answers."""
         argv = [binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
         # Its own folder: a replica's full sync writes dump.rdb there, not in the checkout.
-        folder = tempfile.mkdtemp(prefix="redis-test-")
+        self.folder = folder = tempfile.mkdtemp(prefix="redis-test-")
         argv += ["--save", "", "--appendonly", "no", "--dir", folder, *self.options]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -73,6 +74,9 @@ class RedisProcess:
             self.process.kill()
             self.process.wait()
             self.process = None
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
 
     def restart(self) -> None:
         """Kill it and start it again on the same port, with nothing in it."""
