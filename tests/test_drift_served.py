@@ -14,21 +14,24 @@ import re
 import subprocess
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from apientreprise_async import AsyncClient, Governor, Limits, NotFoundError
+from apientreprise_async import AsyncClient, Governor, Limits, NotFoundError, get_endpoint
 from apientreprise_async._catalogue import GROUP_LIMITS, all_endpoints
 from apientreprise_async.audit import AuditRecord
 from apientreprise_async.backends import InMemoryBackend
 from apientreprise_async.testing import COMPANIES, Emulator, Faults, RecordedRequest
 
-from .conftest import RECIPIENT, TOKEN
+from .conftest import RECIPIENT, TOKEN, shared_or_skip
 from .test_cli import cli, env, lines_of
+from .test_drift import _cases as staging_cases
 from .test_emulator_records import NOON, PLENTY, path_values
+from .test_records_staging import _call as staging_call
 
 pytestmark = pytest.mark.anyio
 # What is proven here is the path through sockets and processes, not the event loop.
@@ -158,6 +161,47 @@ async def test_every_builtin_operation_drifts_visibly() -> None:
                 break
     assert len(seen) >= 20
     assert {"null", "removed", "object"} == {how for how, _ in seen.values()}
+
+
+@asyncio_only
+async def test_every_staging_answer_drifts_and_an_object_is_always_named() -> None:
+    """Over the official staging cases: each 200 drifts, and the client names every object."""
+    emulator = Emulator.from_staging_cases(
+        shared_or_skip() / "payloads",
+        faults=Faults(share_drifted=1.0),
+        seed=1,
+        start_epoch=NOON,
+        ip_limit=PLENTY,
+    )
+    emulator.add_token(TOKEN, limits=dict.fromkeys(GROUP_LIMITS, PLENTY))
+    governor = Governor(
+        Limits(groups=dict.fromkeys(GROUP_LIMITS, PLENTY), ip=PLENTY),
+        backend=InMemoryBackend(),
+        wall_clock=emulator.epoch,
+    )
+    hows: Counter[str] = Counter()
+    unnamed = []
+    async with AsyncClient(
+        TOKEN,
+        transport=emulator.transport(),
+        governor=governor,
+        check_maintenance=False,
+        **TRACE,
+    ) as client:
+        for op_id, name, params, _ in staging_cases():
+            try:
+                response = (await staging_call(client, get_endpoint(op_id), params))[0]
+            except NotFoundError:
+                continue  # a case whose parameters the client renames: no case matches
+            drift = emulator.requests[-1].drift
+            assert drift is not None, name
+            hows[drift[0]] += 1
+            if not [p for p in response.problems if p.endswith(f"@ {drift[1]}")]:
+                unnamed.append((name, drift))
+    assert sum(hows.values()) >= 90
+    assert min(hows.values()) >= 20, hows
+    assert [] == [(name, drift) for name, drift in unnamed if drift[0] == "object"]
+    assert len(unnamed) <= sum(hows.values()) // 10  # only nullable or optional fields
 
 
 # -- the CLI as subprocesses --------------------------------------------------------------

@@ -27,7 +27,7 @@ import math
 import pathlib
 import random
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from email.utils import formatdate
 from types import TracebackType
@@ -48,6 +48,7 @@ from apientreprise_async._catalogue import (
     get_endpoint,
     match_path,
 )
+from apientreprise_async._convert import _plan, _top_kind
 from apientreprise_async._errors import ApiEntrepriseError
 from apientreprise_async._identifiers import normalize_identifier
 from apientreprise_async._maintenance import maintenance_remaining
@@ -153,17 +154,20 @@ class Faults:
         share_504: share of answers replaced by a 504 network error.
         share_dropped: share of connections cut before the answer is complete.
         share_drifted: share of 200 JSON answers whose payload drifted, as a
-            provider's does when it changes its format unannounced. In the
-            object of ``data`` (the first object of a ``data`` list), the first
-            field in the answer's order that its record declares and that holds
-            a string, number or boolean is drawn one way: set to ``null``,
-            removed, or replaced by the object ``{"valeur": <old value>,
-            "source": "emulateur"}``; and a field the record does not know,
-            ``champ_ajoute_par_le_fournisseur``, is added to that object. The
-            object case is always named in ``Response.problems``; null and
-            removed are too, unless the field is nullable or optional. Answers
-            with no such field are sent unchanged. :attr:`RecordedRequest.drift`
-            says what was done.
+            provider's does when it changes its format unannounced. One field
+            is chosen: the shallowest in ``data`` that the operation's record
+            declares as a scalar (string, number, boolean, date, enumeration)
+            and that holds a string, number or boolean, the first in the
+            answer's order among those as deep (objects are searched through
+            the fields their record declares, lists through their first item;
+            ``siren`` for a legal unit). The seed draws what happens to it: set
+            to ``null``, removed, or replaced by the object ``{"valeur": <old
+            value>, "source": "emulateur"}``; and a field no record knows,
+            ``champ_ajoute_par_le_fournisseur``, is added next to it. The object
+            case is always named in ``Response.problems``; null and removed are
+            too unless the field is nullable or optional. Answers without such
+            a field are sent unchanged. :attr:`RecordedRequest.drift` says what
+            was done and where.
         retry_in: ``meta.retry_in`` of those 502/504 answers, in seconds.
         provider_timeout: like the real server, a provider slower than this
             gets a 504 (``XX002``) after that long.
@@ -1014,19 +1018,10 @@ class Emulator:
             body = json.loads(answer.body)
         except ValueError:
             return answer, None
-        data = body.get("data") if isinstance(body, dict) else None
-        record, where, target = endpoint.record, "$.data", data
-        if isinstance(data, list) and data and getattr(record, "__origin__", None) is tuple:
-            record, where, target = record.__args__[0], "$.data[0]", data[0]
-        if not isinstance(target, dict) or not attrs.has(record):
+        found = _drift_target(endpoint.record, body.get("data") if isinstance(body, dict) else None)
+        if found is None:
             return answer, None
-        declared = {f.name for f in attrs.fields(record)} - {"extra", "unfit", "_absent"}
-        name = next(
-            (k for k, v in target.items() if k in declared and isinstance(v, str | int | float)),
-            None,
-        )
-        if name is None:
-            return answer, None
+        target, name, where = found
         how: DriftKind = self._rng.choice(("null", "removed", "object"))
         if how == "null":
             target[name] = None
@@ -1037,7 +1032,37 @@ class Emulator:
         target[_NEW_FIELD] = {"ajoute": True}
         drifted = _json(200, body)
         drifted.headers, drifted.content_type = answer.headers, answer.content_type
-        return drifted, (how, f"{where}.{name}")
+        return drifted, (how, where)
+
+
+def _drift_target(record: Any, data: Any) -> tuple[dict[str, Any], str, str] | None:
+    """The object, field name and JSON path a drift changes (see :attr:`Faults.share_drifted`).
+
+    Breadth first through the fields the record declares (a list through its
+    first item): the shallowest field declared as a scalar that holds one,
+    first in the answer's order among fields as deep.
+    """
+    if record is None:
+        return None
+    queue: deque[tuple[Any, Any, str]] = deque([(_top_kind(record), data, "$.data")])
+    while queue:
+        kind, value, where = queue.popleft()
+        if kind.tag == "optional":
+            kind = kind.inner
+        if kind.tag == "tuple" and isinstance(value, list) and value:
+            queue.append((kind.inner, value[0], f"{where}[0]"))
+        if kind.tag != "record" or not isinstance(value, dict):
+            continue
+        declared = {field.name: field.kind for field in _plan(kind.inner)}
+        for name, item in value.items():
+            field_kind = declared.get(name)
+            if field_kind is None:
+                continue
+            inner = field_kind.inner if field_kind.tag == "optional" else field_kind
+            if inner.tag in _SCALAR_KINDS and isinstance(item, str | int | float):
+                return value, name, f"{where}.{name}"
+            queue.append((field_kind, item, f"{where}.{name}"))
+    return None
 
 
 class EmulatorTransport(httpx.AsyncBaseTransport):
@@ -1088,6 +1113,8 @@ def _all_operations() -> tuple[Endpoint, ...]:
 
 _PRIVILEGES = "api_entreprise_privileges"
 _NEW_FIELD = "champ_ajoute_par_le_fournisseur"
+# Field types no JSON object fits: an object there is always named in ``problems``.
+_SCALAR_KINDS = frozenset({"str", "int", "float", "bool", "date", "datetime", "enum", "timestamp"})
 _TOO_MANY = "Vous avez effectué trop de requêtes"
 _CONFLICT = (
     "Une requête associé à votre jeton est déjà en cours de traitement pour ces paramètres. "
