@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import functools
@@ -13,7 +14,7 @@ import secrets
 import time
 import traceback
 import warnings
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Self, Unpack
 
@@ -77,6 +78,10 @@ _EXPIRY_THRESHOLDS = (7, 30, 90)
 _warned_expiry: set[tuple[str, int]] = set()
 # (operation, JSON path with list indices folded) already logged: once per process each.
 _logged_drift: set[tuple[str, str]] = set()
+# Ending a body's iteration after an error: a few resumptions within a second (a closed
+# network stream fails on the first; an in-memory body ends within its chunks).
+_DRAIN_CHUNKS = 16
+_DRAIN_SECONDS = 1.0
 _INDEX = re.compile(r"\[\d+\]")
 _WITHOUT_VALUE = re.compile(r"(, got \w+) .*$")
 
@@ -315,13 +320,14 @@ async def _read_within(answer: httpx.Response, max_size: int, url: str, op_id: s
     size = 0
     try:
         with anyio.CancelScope() as stop:
-            async for chunk in answer.aiter_bytes():
-                size += len(chunk)
-                if size > max_size:
-                    chunks.clear()
-                    _stop_reading(stop)
-                    continue
-                chunks.append(chunk)
+            async with _chunks_of(answer) as received:
+                async for chunk in received:
+                    size += len(chunk)
+                    if size > max_size:
+                        chunks.clear()
+                        _stop_reading(stop)
+                        continue
+                    chunks.append(chunk)
     except httpx.HTTPError as exc:
         raise TransportError(
             f"the answer broke off: {type(exc).__name__} on {answer.request.url.path}",
@@ -337,6 +343,31 @@ async def _read_within(answer: httpx.Response, max_size: int, url: str, op_id: s
         )
     # What Response.aread() would store: json(), content and text work as usual.
     answer._content = b"".join(chunks)
+
+
+@contextlib.asynccontextmanager
+async def _chunks_of(answer: httpx.Response) -> AsyncIterator[AsyncIterator[bytes]]:
+    """The body's chunks; on leaving the block, the stream is closed and its iteration ended.
+
+    httpx and httpcore iterate a body through a chain of async generators. An
+    exception raised in the caller's loop (a full disk, a deadline reached
+    during a write) leaves the chain suspended until the garbage collector
+    finds it, which may be after the event loop ended; trio then warns, and
+    a test suite run with warnings as errors fails somewhere else. Resumed
+    once the stream is closed, every generator of the chain ends here: on the
+    closed stream's error, or at once when the body was read to its end.
+    """
+    chunks = answer.aiter_bytes()
+    try:
+        yield chunks
+    finally:
+        with anyio.move_on_after(_DRAIN_SECONDS, shield=True):
+            await answer.aclose()
+            for _ in range(_DRAIN_CHUNKS):  # an in-memory body ends within a few chunks
+                try:
+                    await chunks.__anext__()
+                except (Exception, anyio.get_cancelled_exc_class()):
+                    break  # the end, the closed stream's error, or this drain's deadline
 
 
 def _check_transport_tls(
@@ -1085,12 +1116,13 @@ class AsyncClient(Resources):
         try:
             async with await anyio.open_file(partial, "wb") as out:
                 with anyio.CancelScope() as stop:
-                    async for chunk in answer.aiter_bytes():
-                        written += len(chunk)
-                        if written > max_size:
-                            _stop_reading(stop)
-                            continue
-                        await out.write(chunk)
+                    async with _chunks_of(answer) as received:
+                        async for chunk in received:
+                            written += len(chunk)
+                            if written > max_size:
+                                _stop_reading(stop)
+                                continue
+                            await out.write(chunk)
             if written > max_size:
                 raise _Oversized(
                     f"the document exceeds the limit of {max_size:,} bytes "

@@ -8,15 +8,18 @@ a byte every 20 ms.
 
 from __future__ import annotations
 
+import gc
 import pathlib
 import traceback
 import tracemalloc
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 
 from apientreprise_async import (
@@ -169,6 +172,33 @@ class Flood:
         while self.sent < self.total:
             await stream.send(chunk)
             self.sent += len(chunk)
+
+
+async def test_a_stopped_download_leaves_nothing_for_the_garbage_collector(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk mid-download (an error in the reading loop, not on the network) and a
+    deadline: httpx's and httpcore's generators end with the call. None is left for the
+    collector, which under trio warns, an error in a test run with warnings as errors."""
+
+    async def full(self: object, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        flood = Flood(2**20, announce=True, content_type="application/pdf")
+        async with serving(flood) as url, client_for(url) as client:
+            with monkeypatch.context() as patched:
+                patched.setattr(anyio.AsyncFile, "write", full)
+                with pytest.raises(OSError, match="No space left"):
+                    await client.download(f"{url}/files/a.pdf", tmp_path / "a.pdf")
+        async with serving(Dribbler("application/pdf")) as url, client_for(url) as client:
+            with pytest.raises(TransportError, match="deadline"):
+                await client.download(f"{url}/files/b.pdf", tmp_path / "b.pdf")
+        gc.collect()
+        await anyio.lowlevel.checkpoint()  # finalizers the collection scheduled
+    assert [] == [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert [] == [p async for p in anyio.Path(tmp_path).iterdir()]
 
 
 async def test_a_huge_streamed_answer_is_cut_at_the_limit_in_bounded_memory() -> None:

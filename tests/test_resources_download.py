@@ -5,6 +5,8 @@ from __future__ import annotations
 import pathlib
 from collections.abc import AsyncIterator
 
+import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
@@ -139,3 +141,40 @@ async def test_refuses_a_non_http_url(tmp_path: pathlib.Path) -> None:
     async with client_for(transport) as client:
         with pytest.raises(ValueError, match="document_url"):
             await client.download("file:///etc/passwd", tmp_path / "a")
+
+
+class Chunks(httpx.AsyncByteStream):
+    """A PDF in a few chunks; notes when its iteration has been finalized."""
+
+    def __init__(self) -> None:
+        self.finalized = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            for start in range(0, len(PDF), 32_768):
+                yield PDF[start : start + 32_768]
+        finally:
+            self.finalized = True
+
+
+async def test_a_failed_write_closes_the_answer_stream_at_once(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk stops the download with the OS error; the answer's stream is finalized
+    then, not when the error is collected (under trio, after the run, with a warning)."""
+    stream = Chunks()
+    transport = httpx.MockTransport(
+        lambda r: httpx.Response(200, stream=stream, headers={"Content-Type": "application/pdf"})
+    )
+
+    async def full(self: object, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(anyio.AsyncFile, "write", full)
+    async with client_for(transport) as client:
+        with pytest.raises(OSError, match="No space left") as info:
+            await client.download(URL, tmp_path / "a.pdf")
+        for _ in range(3):  # a finalizer scheduled by the event loop runs within a few turns
+            await anyio.lowlevel.checkpoint()
+        assert stream.finalized, info.value
+    assert [] == leftovers(tmp_path)
