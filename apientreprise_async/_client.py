@@ -360,7 +360,8 @@ async def _chunks_of(answer: httpx.Response) -> AsyncIterator[AsyncIterator[byte
     chunks = answer.aiter_bytes()
     try:
         yield chunks
-    finally:
+    except BaseException:
+        # Read to its end, the chain has ended already: this only runs on an error.
         with anyio.move_on_after(_DRAIN_SECONDS, shield=True):
             await answer.aclose()
             for _ in range(_DRAIN_CHUNKS):  # an in-memory body ends within a few chunks
@@ -368,6 +369,7 @@ async def _chunks_of(answer: httpx.Response) -> AsyncIterator[AsyncIterator[byte
                     await chunks.__anext__()
                 except (Exception, anyio.get_cancelled_exc_class()):
                     break  # the end, the closed stream's error, or this drain's deadline
+        raise
 
 
 def _check_transport_tls(
