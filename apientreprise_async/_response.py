@@ -16,17 +16,36 @@ __all__ = ["RateLimit", "Response", "parse_rate_limit", "parse_window"]
 T = TypeVar("T")
 
 
-@attrs.frozen
+@attrs.frozen(init=False)
 class RateLimit:
     """The ``RateLimit-*`` headers of one answer, each ``None`` when absent or malformed.
 
     ``reset_epoch`` keeps sub-second precision (a scaled test server sends
-    decimals); ``reset_at`` is the same instant as an aware UTC datetime.
+    decimals); ``reset_at`` is the same instant as an aware UTC datetime. To
+    build one, give the reset either way: ``RateLimit(250, 0, reset_at=when)``
+    (DINUM §7.1's field) equals ``RateLimit(250, 0, when.timestamp())``; a
+    naive datetime is read as UTC, the API's epochs being UTC.
     """
 
     limit: int | None
     remaining: int | None
     reset_epoch: float | None
+
+    def __init__(
+        self,
+        limit: int | None = None,
+        remaining: int | None = None,
+        reset_epoch: float | None = None,
+        *,
+        reset_at: dt.datetime | None = None,
+    ) -> None:
+        if reset_at is not None:
+            if reset_epoch is not None:
+                raise TypeError("give reset_epoch or reset_at, not both")
+            if reset_at.tzinfo is None:
+                reset_at = reset_at.replace(tzinfo=dt.UTC)
+            reset_epoch = reset_at.timestamp()
+        self.__attrs_init__(limit, remaining, reset_epoch)
 
     def retry_after(self, now: float | None = None) -> float | None:
         """Seconds from ``now`` (epoch, default the wall clock) to the reset, never negative.

@@ -592,6 +592,21 @@ def test_s7_1_header_names_are_case_insensitive_even_in_a_plain_mapping() -> Non
     assert parse_rate_limit(upper) == parse_rate_limit(lower) == RateLimit(50, 49, 1700000000.0)
 
 
+def test_s7_1_a_rate_limit_is_built_with_its_reset_at_timestamp() -> None:
+    """The value object takes the spec's ``reset_at`` as well as the epoch it keeps."""
+    when = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+    built = RateLimit(limit=250, remaining=0, reset_at=when)
+    assert RateLimit(250, 0, when.timestamp()) == built
+    assert when == built.reset_at
+    assert built == RateLimit(250, 0, reset_at=when.replace(tzinfo=None))  # naive: UTC
+    paris = dt.timezone(dt.timedelta(hours=1))
+    assert built == RateLimit(250, 0, reset_at=when.astimezone(paris))
+    assert RateLimit(None, None, None) == RateLimit()
+    with pytest.raises(TypeError, match="not both"):
+        RateLimit(250, 0, when.timestamp(), reset_at=when)
+    assert RateLimit(250, 1, when.timestamp()) == attrs.evolve(built, remaining=1)
+
+
 def test_s7_2_rate_limit_retry_after_counts_to_the_reset() -> None:
     now = 1_700_000_000.0
     assert 30 == RateLimit(50, 0, now + 30).retry_after(now)
