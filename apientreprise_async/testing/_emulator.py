@@ -48,7 +48,7 @@ from apientreprise_async._catalogue import (
     get_endpoint,
     match_path,
 )
-from apientreprise_async._convert import _plan, _top_kind
+from apientreprise_async._convert import _SCALARS, _plan, _top_kind
 from apientreprise_async._errors import ApiEntrepriseError
 from apientreprise_async._identifiers import normalize_identifier
 from apientreprise_async._maintenance import maintenance_remaining
@@ -271,6 +271,7 @@ class _Answer:
     body: bytes
     headers: list[tuple[str, str]] = attrs.Factory(list)
     content_type: str = "application/json; charset=utf-8"
+    drift: tuple[DriftKind, str] | None = None  # what Faults.share_drifted did to it
 
 
 @attrs.frozen
@@ -804,10 +805,12 @@ class Emulator:
             conflict = _json(409, {"errors": [_error("00015", "Conflit", _CONFLICT)]})
             conflict.headers = rate
             return done(conflict, **kw)
-        delay, drop, answer, drift = self._faults(endpoint, answer, rate)
+        delay, drop, answer = self._faults(endpoint, answer, rate)
         outcome: Outcome = "dropped" if drop else "answered"
         status = None if drop else answer.status
-        self._record(incoming, mono, epoch, request_id, status, outcome=outcome, drift=drift, **kw)
+        self._record(
+            incoming, mono, epoch, request_id, status, outcome=outcome, drift=answer.drift, **kw
+        )
         # Held until the answer is sent: an identical call meanwhile gets a 409.
         self._in_flight.add(duplicate_key)
         return _Plan(answer, delay, drop, duplicate_key)
@@ -975,10 +978,10 @@ class Emulator:
 
     def _faults(
         self, endpoint: Endpoint, answer: _Answer, rate: list[tuple[str, str]]
-    ) -> tuple[float, bool, _Answer, tuple[DriftKind, str] | None]:
+    ) -> tuple[float, bool, _Answer]:
         f = self.faults
         if endpoint.operation_id == _PRIVILEGES:
-            return 0.0, False, answer, None
+            return 0.0, False, answer
         draw = self._rng.random()
         latency = f.draw_latency(self._rng)
         prefix, provider = _provider(endpoint)
@@ -987,9 +990,9 @@ class Emulator:
             item = _error(f"{prefix}002", "Intermédiaire hors-délai", _TIMEOUT, meta=meta)
             failed = _json(504, {"errors": [item]})
             failed.headers = rate
-            return f.provider_timeout, False, failed, None
+            return f.provider_timeout, False, failed
         if draw < f.share_dropped:
-            return latency, True, answer, None
+            return latency, True, answer
         draw -= f.share_dropped
         if draw < f.share_502:
             meta = {"provider": provider, "retry_in": f.retry_in}
@@ -997,30 +1000,27 @@ class Emulator:
             item = _error(f"{prefix}999", title, _UNKNOWN, meta=meta)
             failed = _json(502, {"errors": [item]})
             failed.headers = rate
-            return latency, False, failed, None
+            return latency, False, failed
         draw -= f.share_502
         if draw < f.share_504:
             item = _error("00501", "Erreur réseau", _NETWORK, meta={"retry_in": f.retry_in})
             failed = _json(504, {"errors": [item]})
             failed.headers = rate
-            return latency, False, failed, None
+            return latency, False, failed
         draw -= f.share_504
         if draw < f.share_drifted and answer.status == 200:
-            drifted, drift = self._drift(endpoint, answer)
-            return latency, False, drifted, drift
-        return latency, False, answer, None
+            return latency, False, self._drift(endpoint, answer)
+        return latency, False, answer
 
-    def _drift(
-        self, endpoint: Endpoint, answer: _Answer
-    ) -> tuple[_Answer, tuple[DriftKind, str] | None]:
+    def _drift(self, endpoint: Endpoint, answer: _Answer) -> _Answer:
         """The answer with its payload drifted as :attr:`Faults.share_drifted` says."""
         try:
             body = json.loads(answer.body)
         except ValueError:
-            return answer, None
+            return answer
         found = _drift_target(endpoint.record, body.get("data") if isinstance(body, dict) else None)
         if found is None:
-            return answer, None
+            return answer
         target, name, where = found
         how: DriftKind = self._rng.choice(("null", "removed", "object"))
         if how == "null":
@@ -1030,9 +1030,7 @@ class Emulator:
         else:
             target[name] = {"valeur": target[name], "source": "emulateur"}
         target[_NEW_FIELD] = {"ajoute": True}
-        drifted = _json(200, body)
-        drifted.headers, drifted.content_type = answer.headers, answer.content_type
-        return drifted, (how, where)
+        return attrs.evolve(answer, body=_json(200, body).body, drift=(how, where))
 
 
 def _drift_target(record: Any, data: Any) -> tuple[dict[str, Any], str, str] | None:
@@ -1114,7 +1112,7 @@ def _all_operations() -> tuple[Endpoint, ...]:
 _PRIVILEGES = "api_entreprise_privileges"
 _NEW_FIELD = "champ_ajoute_par_le_fournisseur"
 # Field types no JSON object fits: an object there is always named in ``problems``.
-_SCALAR_KINDS = frozenset({"str", "int", "float", "bool", "date", "datetime", "enum", "timestamp"})
+_SCALAR_KINDS = frozenset({*_SCALARS.values(), "enum", "timestamp"})
 _TOO_MANY = "Vous avez effectué trop de requêtes"
 _CONFLICT = (
     "Une requête associé à votre jeton est déjà en cours de traitement pour ces paramètres. "
