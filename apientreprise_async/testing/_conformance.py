@@ -328,18 +328,18 @@ async def _run_check(check: _Check, make: MakeBackend, hold: float, tolerance: f
     """Run one check; when a stall made it inconclusive, again with a longer hold."""
     name = check.__name__[1:]
     summary = (inspect.getdoc(check) or "").splitlines()[0]
-    scale = hold
-    for _ in range(_ATTEMPTS):
+    for attempt in range(_ATTEMPTS):
+        scale = hold * 2**attempt
         try:
             await check(make, scale, tolerance)
             return
         except _Overrun:
-            scale *= 2
+            continue
         except AssertionError as exc:
             raise AssertionError(f"{name}: {summary}: {exc}") from exc
     raise AssertionError(
         f"{name}: {summary}: inconclusive {_ATTEMPTS} times, the store answering after the "
-        f"times the check relies on (last hold {scale / 2} s)"
+        f"times the check relies on (last hold {scale} s)"
     )
 
 
