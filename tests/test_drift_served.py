@@ -29,6 +29,7 @@ from apientreprise_async.testing import COMPANIES, Emulator, Faults, RecordedReq
 
 from .conftest import RECIPIENT, TOKEN, shared_or_skip
 from .test_cli import cli, env, lines_of
+from .test_drift import NEW_FIELD
 from .test_drift import _cases as staging_cases
 from .test_emulator_records import NOON, PLENTY, path_values
 from .test_records_staging import _call as staging_call
@@ -38,7 +39,6 @@ pytestmark = pytest.mark.anyio
 asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
 
 UL = "api_entreprise_v4_insee_unites_legales"
-NEW_FIELD = "champ_ajoute_par_le_fournisseur"
 SIRENS = [c.siren for c in COMPANIES[:3]]
 UNKNOWN_SIREN = "418166096"
 TRACE = {"recipient": RECIPIENT, "context": "tests", "object": "drift"}
