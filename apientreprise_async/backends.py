@@ -545,6 +545,19 @@ class _Bucket:
             self.cap_left = left
             self.cap_at = now
 
+    def estimate(self, now: float, position: int, hold: float) -> float:
+        """When a call with ``position`` calls ahead would get a slot (a lower bound)."""
+        limit = max(self.limit, 1)
+        ends = [e for e in self.ends if e > now]
+        frees = [now] * max(limit - self.open - len(ends), 0) + ends
+        frees += [now + hold] * self.open
+        frees.sort()
+        rounds, index = divmod(position, limit)
+        when = frees[min(index, len(frees) - 1)] + rounds * hold
+        if self.cap_until > now and position >= self.cap_left:
+            when = max(when, self.cap_until)
+        return max(when, self.paused, now)
+
     def view(self, key: str, now: float) -> BucketState:
         """Freeze the state for a snapshot."""
         next_free = self.ready(now, SlotRequest(key, self.limit))
@@ -827,18 +840,7 @@ class InMemoryBackend:
     @_locked_coroutine
     async def estimate(self, request: SlotRequest, position: int, hold: float) -> float:
         """When a call with ``position`` calls ahead would get a slot (a lower bound)."""
-        now = self._now()
-        bucket = self._bucket(request)
-        limit = max(bucket.limit, 1)
-        ends = [e for e in bucket.ends if e > now]
-        frees = [now] * max(limit - bucket.open - len(ends), 0) + ends
-        frees += [now + hold] * bucket.open
-        frees.sort()
-        rounds, index = divmod(position, limit)
-        when = frees[min(index, len(frees) - 1)] + rounds * hold
-        if bucket.cap_until > now and position >= bucket.cap_left:
-            when = max(when, bucket.cap_until)
-        return max(when, bucket.paused, now)
+        return self._bucket(request).estimate(self._now(), position, hold)
 
     @_locked
     def snapshot(self) -> Mapping[str, BucketState]:

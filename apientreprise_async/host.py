@@ -752,17 +752,7 @@ class HostBackend:
         with self._store.transaction() as db:
             now = self._clock()
             (item,) = self._load(db, [request], now)
-        bucket = item.bucket
-        limit = max(bucket.limit, 1)
-        ends = [e for e in bucket.ends if e > now]
-        frees = [now] * max(limit - bucket.open - len(ends), 0) + ends
-        frees += [now + hold] * bucket.open
-        frees.sort()
-        rounds, index = divmod(position, limit)
-        when = frees[min(index, len(frees) - 1)] + rounds * hold
-        if bucket.cap_until > now and position >= bucket.cap_left:
-            when = max(when, bucket.cap_until)
-        return _back(max(when, bucket.paused, now), offset)
+        return _back(item.bucket.estimate(now, position, hold), offset)
 
     def snapshot(self) -> Mapping[str, _BucketState]:
         """Every bucket of the store, as it stands now."""
