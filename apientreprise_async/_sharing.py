@@ -537,13 +537,9 @@ class DefaultBackend(InMemoryBackend):
             for fd in (self._membership.lock_fd, self._membership.fifo_fd):
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            self._membership = None  # not close(): it would remove the parent's files
         InMemoryBackend.clear(self)
-        self._membership = None
-        self._host = None
-        self._unset_solo()
-        self._pending = []
-        self._replayed.clear()
-        self._logged = False
+        self._leave()
 
 
 _instances: weakref.WeakSet[DefaultBackend] = weakref.WeakSet()
