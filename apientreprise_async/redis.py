@@ -188,6 +188,15 @@ class _Held:
         self.mirrored = -1
 
 
+def _asyncio_loop() -> asyncio.AbstractEventLoop:
+    """The running asyncio loop; anything else is refused in words."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        message = "RedisBackend runs on asyncio only (redis-py's asyncio client)"
+        raise RuntimeError(message) from None
+
+
 class RedisBackend:
     """A :class:`~apientreprise_async.backends.GovernorBackend` shared through Redis.
 
@@ -347,12 +356,7 @@ class RedisBackend:
 
     def _here(self) -> tuple[Any, dict[str, Any]]:
         """The running loop's client and its registered scripts."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError(
-                "RedisBackend runs on asyncio only (redis-py's asyncio client)"
-            ) from None
+        loop = _asyncio_loop()
         found = self._per_loop.get(loop)
         if found is None:
             if self._make is not None:
@@ -426,12 +430,7 @@ class RedisBackend:
         task = self._listener
         if task is not None and not task.done() and not task.get_loop().is_closed():
             return  # one listener per process, on whichever loop started it
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError(
-                "RedisBackend runs on asyncio only (redis-py's asyncio client)"
-            ) from None
+        loop = _asyncio_loop()
         self._listener = loop.create_task(self._listen(), name=f"{self._channel} listener")
 
     async def _listen(self) -> None:
