@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -77,6 +78,24 @@ def cli(
         timeout=timeout,
         check=False,
     )
+
+
+@contextlib.contextmanager
+def emulator_process(*options: str, environ: dict[str, str]) -> Iterator[str]:
+    """`apientreprise emulator --port 0 OPTIONS` running; yields its URL; it exits 0 on SIGTERM."""
+    command = [sys.executable, "-m", "apientreprise_async", "emulator", "--port", "0", *options]
+    with subprocess.Popen(
+        command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as process:
+        try:
+            assert process.stdout is not None
+            first = process.stdout.readline()
+            url = first.rsplit(" ", 1)[-1].strip()
+            assert url.startswith("http://127.0.0.1:"), first
+            yield url
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert 0 == process.wait(timeout=15)
 
 
 def lines_of(path: pathlib.Path) -> list[dict[str, Any]]:
@@ -253,30 +272,15 @@ def test_missing_extra_names_the_install_command(tmp_path: pathlib.Path) -> None
 def test_emulator_command_serves_on_loopback(tmp_path: pathlib.Path) -> None:
     """`emulator --port 0` prints its URL, answers the token it created, stops on SIGTERM."""
     token_file = tmp_path / "token"
-    command = [sys.executable, "-m", "apientreprise_async", "emulator", "--port", "0"]
-    command += ["--token-file", str(token_file)]
-    with subprocess.Popen(
-        command,
-        env=env(API_ENTREPRISE_TOKEN=""),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            first = process.stdout.readline()
-            url = first.rsplit(" ", 1)[-1].strip()
-            assert url.startswith("http://127.0.0.1:"), first
-            token = token_file.read_text("utf-8").strip()
-            answer = httpx.get(
-                f"{url}/v4/insee/sirene/unites_legales/{KNOWN[0]}",
-                params={"recipient": RECIPIENT, "context": "t", "object": "o"},
-                headers={"Authorization": f"Bearer {token}"},
-            )
-            assert 200 == answer.status_code
-        finally:
-            process.send_signal(signal.SIGTERM)
-            assert 0 == process.wait(timeout=15)
+    served = emulator_process("--token-file", str(token_file), environ=env(API_ENTREPRISE_TOKEN=""))
+    with served as url:
+        token = token_file.read_text("utf-8").strip()
+        answer = httpx.get(
+            f"{url}/v4/insee/sirene/unites_legales/{KNOWN[0]}",
+            params={"recipient": RECIPIENT, "context": "t", "object": "o"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert 200 == answer.status_code
 
 
 def expired_token() -> str:

@@ -8,14 +8,10 @@ FastAPI proxy in front of it under a real uvicorn.
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 import re
-import subprocess
-import sys
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -28,7 +24,7 @@ from apientreprise_async.backends import InMemoryBackend
 from apientreprise_async.testing import COMPANIES, Emulator, Faults, RecordedRequest
 
 from .conftest import RECIPIENT, TOKEN, shared_or_skip
-from .test_cli import cli, env, lines_of
+from .test_cli import cli, emulator_process, env, lines_of
 from .test_drift import NEW_FIELD
 from .test_drift import _cases as staging_cases
 from .test_emulator_records import NOON, PLENTY, path_values
@@ -207,24 +203,6 @@ async def test_every_staging_answer_drifts_and_an_object_is_always_named() -> No
 # -- the CLI as subprocesses --------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def emulator_process(*options: str) -> Iterator[str]:
-    """`apientreprise emulator --port 0 OPTIONS` running; yields its URL."""
-    command = [sys.executable, "-m", "apientreprise_async", "emulator", "--port", "0", *options]
-    with subprocess.Popen(
-        command, env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    ) as process:
-        try:
-            assert process.stdout is not None
-            first = process.stdout.readline()
-            url = first.rsplit(" ", 1)[-1].strip()
-            assert url.startswith("http://127.0.0.1:"), first
-            yield url
-        finally:
-            process.terminate()
-            assert 0 == process.wait(timeout=15)
-
-
 def _summary(stdout: str) -> dict[str, str]:
     found = (re.match(r"\s*(.+?)\s{2,}(\S+)\s*$", line) for line in stdout.splitlines())
     return {row[1]: row[2] for row in found if row}
@@ -237,7 +215,7 @@ def test_cli_batch_keeps_drifted_data_and_a_rerun_sends_nothing(tmp_path: pathli
     out = tmp_path / "out.jsonl"
     args = ["batch", UL, "--input", str(source), "--output", str(out)]
     # Seed 8: the three calls drift three different ways, whatever order they leave in.
-    with emulator_process("--share-drifted", "1", "--seed", "8") as url:
+    with emulator_process("--share-drifted", "1", "--seed", "8", environ=env()) as url:
         done = cli(*args, environ=env(url))
         assert 0 == done.returncode, done.stderr
         written = out.read_bytes()

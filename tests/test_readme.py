@@ -22,6 +22,7 @@ import pytest
 
 from ._redis_server import redis_server
 from .conftest import RECIPIENT, ROOT
+from .test_cli import emulator_process
 
 #: What makes a block a program: it runs an event loop, or builds the synchronous Client.
 RUNS = re.compile(r"\b(?:anyio|asyncio|trio)\.run\(|\bClient\(")
@@ -48,20 +49,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     folder = tmp_path_factory.mktemp("emulator")
     token_file = folder / "token.txt"
     env = {k: v for k, v in os.environ.items() if not k.startswith("API_ENTREPRISE_")}
-    command = [sys.executable, "-m", "apientreprise_async", "emulator", "--port", "0"]
-    command += ["--token-file", str(token_file)]
-    with subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    ) as process:
-        try:
-            assert process.stdout is not None
-            first = process.stdout.readline()
-            url = first.rsplit(" ", 1)[-1].strip()
-            assert url.startswith("http://127.0.0.1:"), first
-            yield url, token_file.read_text("utf-8").strip()
-        finally:
-            process.terminate()
-            process.wait(timeout=15)
+    with emulator_process("--token-file", str(token_file), environ=env) as url:
+        yield url, token_file.read_text("utf-8").strip()
 
 
 def test_the_readme_has_at_least_six_programs() -> None:
