@@ -17,7 +17,10 @@ and each loop gets an *offset* the first time the governor sees it::
 
 asyncio's and trio's real clocks advance exactly as ``time.monotonic()`` does,
 so one offset per loop stays right for its whole life, for loops in sequence
-and in parallel alike. The first loop seen after :func:`reset` (or at start)
+and in parallel alike. Where a loop's clock is ``time.monotonic()`` under
+another name, the offset is known by construction rather than measured (see
+:func:`_gap`): loops in threads must agree to far less than the governor's
+margin, and a thread can be preempted between two reads. The first loop seen after :func:`reset` (or at start)
 anchors the timeline with offset 0, so a program with one loop sees its own
 clock unchanged, and a test on trio's ``MockClock`` keeps its virtual time
 (other loops running beside a virtual one would disagree with it: virtual
@@ -43,11 +46,11 @@ import math
 import threading
 import time
 import weakref
-from asyncio import AbstractEventLoop, _get_running_loop
+from asyncio import AbstractEventLoop, BaseEventLoop, _get_running_loop
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Home", "current_home", "current_time", "reset"]
+__all__ = ["Home", "current_home", "current_time", "exact_gap", "reset"]
 
 try:
     from sniffio import current_async_library_cvar as _library_cvar
@@ -62,12 +65,16 @@ _monotonic = time.monotonic
 class Home:
     """One event loop as the governor sees it: its offset, and a way in from any thread."""
 
-    __slots__ = ("__weakref__", "_loop", "_token", "offset")
+    __slots__ = ("__weakref__", "_loop", "_token", "exact", "offset")
 
-    def __init__(self, offset: float, loop: AbstractEventLoop | None, token: Any) -> None:
+    def __init__(
+        self, offset: float, loop: AbstractEventLoop | None, token: Any, *, exact: bool = False
+    ) -> None:
         self.offset = offset
         self._loop = loop
         self._token = token
+        #: Whether ``offset`` is known by construction rather than measured.
+        self.exact = exact
 
     def __repr__(self) -> str:
         kind = "asyncio" if self._loop is not None else "trio"
@@ -115,18 +122,24 @@ class Home:
         return loop is None or loop.is_running()
 
 
-_Seen = tuple[object, object, float, Home]  # a loop, the registry it was seen in, offset, home
+#: A loop, the registry it was seen in, its offset, its home, and the clock to read:
+#: ``time.monotonic`` itself where the loop's clock is exactly it (then the offset is
+#: the timeline's shift), else the loop's own clock.
+_Seen = tuple[object, object, float, Home, Callable[[], float]]
 
 _lock = threading.Lock()
 _homes: weakref.WeakKeyDictionary[object, Home] = weakref.WeakKeyDictionary()
-_pinned: dict[int, tuple[object, Home]] = {}  # loops that refuse weak references
+_pinned: dict[int, tuple[object, Home, Callable[[], float]]] = {}  # no weak references
+_readers: weakref.WeakKeyDictionary[object, Callable[[], float]] = weakref.WeakKeyDictionary()
 #: Process time = time.monotonic() + _shift; ``None`` until a loop anchors it.
 _shift: float | None = None
-_NOBODY: _Seen = (None, None, 0.0, Home(0.0, None, None))
+_NOBODY: _Seen = (None, None, 0.0, Home(0.0, None, None), _monotonic)
 #: The last loop seen by any thread (one global read on the hot path)...
 _last: _Seen = _NOBODY
 #: ...and by this thread (several threads, each with its own loop).
 _cache = threading.local()
+#: How many readings :func:`_gap` takes of a clock it knows nothing about.
+_TRIES = 7
 
 
 def reset() -> None:
@@ -135,9 +148,10 @@ def reset() -> None:
     Only for test suites between tests (each test's loop then keeps its own
     clock as the timeline): state kept on the old timeline means nothing after.
     """
-    global _homes, _shift  # the registry is replaced, so threads' caches see the change
+    global _homes, _readers, _shift  # replaced, so threads' caches see the change
     with _lock:
         _homes = weakref.WeakKeyDictionary()
+        _readers = weakref.WeakKeyDictionary()
         _pinned.clear()
         _shift = None
 
@@ -147,39 +161,94 @@ def _seen(key: object) -> _Seen:
     global _last  # the one-entry cache of the hot path
     seen: _Seen = getattr(_cache, "seen", _NOBODY)
     if seen[0] is not key or seen[1] is not _homes:
-        if isinstance(key, AbstractEventLoop):
-            home = _register(key, key.time(), key)
-        else:
-            import trio
-
-            home = _register(key, trio.current_time(), None)
-        seen = _cache.seen = (key, _homes, home.offset, home)
+        with _lock:
+            registry = _homes
+            home, read = _register(key, key if isinstance(key, AbstractEventLoop) else None)
+        seen = _cache.seen = (key, registry, home.offset, home, read)
     _last = seen
     return seen
 
 
-def _register(key: object, loop_now: float, loop: AbstractEventLoop | None) -> Home:
+def _register(key: object, loop: AbstractEventLoop | None) -> tuple[Home, Callable[[], float]]:
+    """``key``'s home and the clock to read for it (lock held)."""
     global _shift  # the anchor of the timeline, set by the first loop
-    with _lock:
-        homes = _homes
-        home = homes.get(key)
-        if home is None:
-            pinned = _pinned.get(id(key))
-            if pinned is not None and pinned[0] is key:
-                home = pinned[1]
-        if home is None:
-            if _shift is None:
-                # The anchor: exactly its own clock (two reads would differ by a hair).
-                _shift = loop_now - _monotonic()
-                offset = 0.0
-            else:
-                offset = _monotonic() + _shift - loop_now
-            home = Home(offset, loop, None if loop is not None else key)
-            try:
-                homes[key] = home
-            except TypeError:  # pragma: no cover - a loop class without __weakref__
-                _pinned[id(key)] = (key, home)
-    return home
+    home = _homes.get(key)
+    if home is not None:
+        return home, _readers[key]
+    pinned = _pinned.get(id(key))
+    if pinned is not None and pinned[0] is key:
+        return pinned[1], pinned[2]
+    read, gap, exact = _gap(loop)
+    if _shift is None:
+        _shift = -gap  # the anchor: the timeline is exactly its clock
+    home = Home(gap + _shift, loop, None if loop is not None else key, exact=exact)
+    try:
+        _homes[key] = home
+        _readers[key] = read
+    except TypeError:  # pragma: no cover - a loop class without __weakref__
+        _pinned[id(key)] = (key, home, read)
+    return home, read
+
+
+def _gap(loop: AbstractEventLoop | None) -> tuple[Callable[[], float], float, bool]:
+    """The clock to read for ``loop`` (``None``: the running trio run), ``time.monotonic()``
+    minus that loop's clock, and whether that difference is exact.
+
+    Why exact where possible. Loops in several threads share buckets, so their
+    readings must agree to well under the governor's margin. A gap measured as
+    two reads of two clocks is off by whatever ran between them, and a thread
+    can lose the GIL there for a whole switch interval (5 ms): a loop whose
+    timeline ran that much ahead would grant that much early. So the clocks
+    known to be ``time.monotonic()`` get their gap by construction: asyncio's own
+    loops (``BaseEventLoop.time`` is ``time.monotonic()``), uvloop (libuv's
+    monotonic clock truncated to the millisecond, so the timeline reads
+    ``time.monotonic()`` itself, and a deadline on the loop's clock is never
+    early), and trio's ``SystemClock`` (``perf_counter()`` plus a stored offset,
+    and ``perf_counter`` is ``monotonic`` where their implementations agree).
+    Any other clock (a test's virtual one, an unknown loop) is measured
+    between two reads of ``time.monotonic()``, keeping the narrowest of a few.
+    """
+    if loop is not None:
+        kind = type(loop)
+        if kind.time is BaseEventLoop.time or (
+            kind.__module__.partition(".")[0] == "uvloop"
+            and abs(loop.time() - _monotonic()) < 0.01  # the same clock, to the millisecond
+        ):
+            return _monotonic, 0.0, True
+        return _measured(loop.time)
+    import trio
+
+    clock = trio.lowlevel.current_clock()
+    offset = getattr(clock, "offset", None)
+    if (
+        type(clock).__name__ == "SystemClock"
+        and isinstance(offset, float)
+        and _SAME_COUNTER
+        and abs(clock.current_time() - offset - _monotonic()) < 0.01
+    ):
+        return trio.current_time, -offset, True
+    return _measured(trio.current_time)
+
+
+def _measured(read: Callable[[], float]) -> tuple[Callable[[], float], float, bool]:
+    best = math.inf
+    gap = 0.0
+    for _ in range(_TRIES):
+        before = _monotonic()
+        now = read()
+        after = _monotonic()
+        if after - before < best:
+            best = after - before
+            gap = (before + after) / 2 - now
+    return read, gap, False
+
+
+def _same_counter() -> bool:
+    info = time.get_clock_info
+    return bool(info("perf_counter").implementation == info("monotonic").implementation)
+
+
+_SAME_COUNTER = _same_counter()
 
 
 def _trio_now() -> tuple[float, Home] | None:
@@ -215,8 +284,21 @@ def current_time() -> float:
         seen = _last
         if seen[0] is not loop or seen[1] is not _homes:
             seen = _seen(loop)
-        return loop.time() + seen[2]
+        return seen[4]() + seen[2]
     return _idle_time()
+
+
+def exact_gap() -> float | None:
+    """``time.monotonic()`` minus :func:`current_time`, where it is known exactly.
+
+    ``None`` when the running loop's clock was measured (a virtual clock, an
+    unknown loop): the caller then measures, knowing the answer is approximate.
+    """
+    home = current_home()
+    shift = _shift
+    if home is not None and not home.exact:
+        return None
+    return 0.0 if shift is None else -shift
 
 
 def current_home() -> Home | None:

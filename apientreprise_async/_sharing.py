@@ -44,7 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from . import host as _host
-from ._clock import current_time
+from ._clock import current_time, exact_gap
 from .backends import (
     Blocked,
     BucketState,
@@ -224,7 +224,8 @@ class DefaultBackend(InMemoryBackend):
             self._set_solo()
             return
         # Memory times are on this clock; the membership's thread may need to convert them.
-        self._offset = time.monotonic() - current_time()
+        gap = exact_gap()
+        self._offset = time.monotonic() - current_time() if gap is None else gap
         directory = _host.runtime_directory()
         try:
             membership = _Membership(directory, self._on_request)

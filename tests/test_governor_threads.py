@@ -21,6 +21,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
+from apientreprise_async import _clock
 from apientreprise_async._governor import Governor, Limits, default_governor
 from apientreprise_async.backends import InMemoryBackend
 
@@ -380,3 +381,63 @@ def test_uvloop_asyncio_and_trio_threads_share_one_governor() -> None:
     run_in_threads([uvloop_thread, on("asyncio", calls), on("trio", calls)])
     assert 12 == len(sends)
     check_spacing(sends, 3, HOLD)
+
+
+def _timeline_gap() -> tuple[float, float]:
+    """Bounds of ``current_time() - time.monotonic()`` as the running loop reads it."""
+    before = time.monotonic()
+    now = _clock.current_time()
+    after = time.monotonic()
+    return now - after, now - before
+
+
+def _gaps_on(runner: str, reads: int = 5) -> Callable[[list[tuple[float, float]]], None]:
+    """A thread target: on a loop of ``runner``, read the timeline's gap a few times, ms apart."""
+
+    async def read(into: list[tuple[float, float]]) -> None:
+        for _ in range(reads):
+            into.append(_timeline_gap())
+            await anyio.sleep(0.0013)  # lands on varied fractions of uvloop's millisecond
+
+    def target(into: list[tuple[float, float]]) -> None:
+        if runner == "uvloop":
+            anyio.run(read, into, backend="asyncio", backend_options={"use_uvloop": True})
+        else:
+            anyio.run(read, into, backend=runner)
+
+    return target
+
+
+@pytest.mark.parametrize("anchor", ["asyncio", "trio", "uvloop"])
+def test_every_loop_reads_one_timeline_even_when_registered_under_contention(anchor: str) -> None:
+    """The loops of several threads agree on "now" to the microsecond.
+
+    Slots written by one loop are read by another, so a loop whose timeline ran
+    ahead would grant early by as much. The loop that anchors the timeline is
+    seen first; the others register while another thread holds the clock's lock
+    (as when many threads start at once, or one loses the GIL mid-registration).
+    uvloop's own clock is libuv's, truncated to the millisecond.
+    """
+    pytest.importorskip("uvloop", reason="uvloop is not installed")
+    _clock.reset()
+    gaps: list[tuple[float, float]] = []
+    _gaps_on(anchor)(gaps)
+    others = [runner for runner in ("asyncio", "trio", "uvloop") if runner != anchor]
+    found: list[list[tuple[float, float]]] = [[] for _ in others]
+    threads = [
+        threading.Thread(target=_gaps_on(runner), args=(into,), daemon=True)
+        for runner, into in zip(others, found, strict=True)
+    ]
+    with _clock._lock:  # the others see their loops for the first time meanwhile
+        for thread in threads:
+            thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join(10)
+    for into in found:
+        assert len(into) == 5
+        gaps.extend(into)
+    lowest_high = min(high for _, high in gaps)
+    highest_low = max(low for low, _ in gaps)
+    # One true gap lies in every reading's bounds (float rounding aside).
+    assert highest_low <= lowest_high + 1e-6, (anchor, gaps)
