@@ -7,7 +7,8 @@ Run by ``bench_e2e.py`` with the interpreter of ``benchmarks/.venv-api-entrepris
 Each thread calls ``donnees_etablissement(siret)`` (v3 INSEE établissements,
 the package's JSON call closest to the other contenders' v4 one) until
 ``--stop``, handling errors as its README suggests: ``LimitHitError`` (its
-rate limiter is full, or HTTP 429) carries a delay to wait. The package's
+rate limiter is full, or HTTP 429) carries a delay to wait, after which the
+thread asks for the same SIRET again (no input is dropped). The package's
 delays are in production seconds (at least 1 s, a whole minute by default),
 so they are scaled by ``period / 60`` as the emulator scales the minute.
 Prints one JSON line: what the threads saw.
@@ -60,24 +61,29 @@ def main() -> None:
 
     def worker() -> None:
         time.sleep(max(0.0, args.start - time.monotonic()))
+        siret = None
         while time.monotonic() < args.stop:
-            siret = next_siret()
             if siret is None:
-                return
+                siret = next_siret()
+                if siret is None:
+                    return
+            again = False  # refused (by its limiter or the server): the same SIRET after the pause
             try:
                 api.donnees_etablissement(siret)
                 outcome, pause = "ok", 0.0
             except LimitHitError as exc:  # Http429Error is one too
-                outcome, pause = type(exc).__name__, exc.delay * scale
+                outcome, pause, again = type(exc).__name__, exc.delay * scale, True
             except ValueError as exc:
                 # Its 429 handler reads Retry-After with int(): a scaled server's
                 # "0.42" breaks it. At 60 s it would be an Http429Error of the
                 # default 60 s: wait that, scaled.
-                outcome, pause = f"ValueError ({str(exc)[:40]})", 60 * scale
+                outcome, pause, again = f"ValueError ({str(exc)[:40]})", 60 * scale, True
             except Exception as exc:  # timeouts once banned, schema errors...
                 outcome, pause = type(exc).__name__, 0.0
             with lock:
                 seen[outcome] += 1
+            if not again:
+                siret = None
             if pause:
                 time.sleep(pause)
 
