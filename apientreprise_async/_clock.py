@@ -20,12 +20,14 @@ so one offset per loop stays right for its whole life, for loops in sequence
 and in parallel alike. Where a loop's clock is ``time.monotonic()`` under
 another name, the offset is known by construction rather than measured (see
 :func:`_gap`): loops in threads must agree to far less than the governor's
-margin, and a thread can be preempted between two reads. The first loop seen after :func:`reset` (or at start)
-anchors the timeline with offset 0, so a program with one loop sees its own
-clock unchanged, and a test on trio's ``MockClock`` keeps its virtual time
-(other loops running beside a virtual one would disagree with it: virtual
-time is for one loop at a time). Outside any loop the timeline reads
-``time.monotonic()`` plus the anchor's shift.
+margin, and a thread can be preempted between two reads.
+
+The first loop seen after :func:`reset` (or at start) anchors the timeline
+with offset 0, so a program with one loop sees its own clock unchanged, and a
+test on trio's ``MockClock`` keeps its virtual time (other loops running
+beside a virtual one would disagree with it: virtual time is for one loop at a
+time). Outside any loop the timeline reads ``time.monotonic()`` plus the
+anchor's shift.
 
 Going back to a loop's clock is needed only to sleep: a waiter's deadline on
 the timeline minus its :class:`Home`'s offset. A :class:`Home` also carries
