@@ -20,6 +20,15 @@ from typing import Any, Self, Unpack
 
 import anyio
 import attrs
+
+# httpx imports httpcore, and httpcore imports trio (when installed), only once
+# the first client is built. Threads building their first clients at the
+# moment a trio thread starts would import trio at once, and CPython can then
+# hand one of them a half-initialised trio: httpcore decides for the whole
+# process that trio is missing, and trio itself may vanish from sys.modules
+# ("KeyError: 'trio'"). Importing httpcore with this module settles it in the
+# importing thread, before any pool of threads starts.
+import httpcore  # noqa: F401
 import httpx
 
 from . import _version

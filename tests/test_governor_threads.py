@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -441,3 +443,25 @@ def test_every_loop_reads_one_timeline_even_when_registered_under_contention(anc
     highest_low = max(low for low, _ in gaps)
     # One true gap lies in every reading's bounds (float rounding aside).
     assert highest_low <= lowest_high + 1e-6, (anchor, gaps)
+
+
+def test_importing_the_package_settles_trio_support_before_any_thread_starts() -> None:
+    """httpcore's choice about trio is made in the importing thread, not by racing threads.
+
+    Left to the first client built, it happened in whichever threads built their
+    first clients while a trio thread started: under load about one run in eight
+    of six such threads lost trio for the whole process (``KeyError: 'trio'``,
+    "Running with trio requires installation of 'httpcore[trio]'").
+    """
+    pytest.importorskip("trio", reason="trio is not installed")
+    probe = (
+        "import sys\n"
+        "import apientreprise_async\n"
+        "sync = sys.modules.get('httpcore._synchronization')\n"
+        "print(sync is not None and sync.trio is sys.modules.get('trio') is not None)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
