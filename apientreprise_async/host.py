@@ -438,7 +438,9 @@ class HostBackend:
     def _offset(self) -> float:
         """The store's time minus the caller's anyio time.
 
-        Real clocks keep a constant offset, so a value within a millisecond of
+        On ``time.monotonic`` from a loop whose clock is it under another name,
+        the governor's clock knows the offset exactly. Otherwise it is measured:
+        real clocks keep a constant offset, so a value within a millisecond of
         the last one is taken as the same (conversions then round-trip
         exactly); a read preempted between the two clocks is read again.
         """
