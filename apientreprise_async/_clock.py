@@ -124,15 +124,15 @@ class Home:
         return loop is None or loop.is_running()
 
 
-#: A loop, the registry it was seen in, its offset, its home, and the clock to read:
-#: ``time.monotonic`` itself where the loop's clock is exactly it (then the offset is
-#: the timeline's shift), else the loop's own clock.
+#: A loop, the registry it was seen in, what to add to the clock read, its home, and
+#: the clock to read: ``time.monotonic`` itself where the loop's offset is exact (its
+#: clock is monotonic's under another name; then add the timeline's shift), else the
+#: loop's own clock (then add the home's offset).
 _Seen = tuple[object, object, float, Home, Callable[[], float]]
 
 _lock = threading.Lock()
 _homes: weakref.WeakKeyDictionary[object, Home] = weakref.WeakKeyDictionary()
-_pinned: dict[int, tuple[object, Home, Callable[[], float]]] = {}  # no weak references
-_readers: weakref.WeakKeyDictionary[object, Callable[[], float]] = weakref.WeakKeyDictionary()
+_pinned: dict[int, tuple[object, Home]] = {}  # loops that refuse weak references
 #: Process time = time.monotonic() + _shift; ``None`` until a loop anchors it.
 _shift: float | None = None
 _NOBODY: _Seen = (None, None, 0.0, Home(0.0, None, None), _monotonic)
@@ -150,10 +150,9 @@ def reset() -> None:
     Only for test suites between tests (each test's loop then keeps its own
     clock as the timeline): state kept on the old timeline means nothing after.
     """
-    global _homes, _readers, _shift  # replaced, so threads' caches see the change
+    global _homes, _shift  # the registry is replaced, so threads' caches see the change
     with _lock:
         _homes = weakref.WeakKeyDictionary()
-        _readers = weakref.WeakKeyDictionary()
         _pinned.clear()
         _shift = None
 
@@ -163,38 +162,49 @@ def _seen(key: object) -> _Seen:
     global _last  # the one-entry cache of the hot path
     seen: _Seen = getattr(_cache, "seen", _NOBODY)
     if seen[0] is not key or seen[1] is not _homes:
+        if isinstance(key, AbstractEventLoop):
+            loop: AbstractEventLoop | None = key
+            read = key.time
+        else:
+            import trio
+
+            loop, read = None, trio.current_time
         with _lock:
             registry = _homes
-            home, read = _register(key, key if isinstance(key, AbstractEventLoop) else None)
-        seen = _cache.seen = (key, registry, home.offset, home, read)
+            home = _register(key, loop, read)
+            shift = _shift
+        if home.exact:
+            seen = (key, registry, shift if shift is not None else 0.0, home, _monotonic)
+        else:
+            seen = (key, registry, home.offset, home, read)
+        _cache.seen = seen
     _last = seen
     return seen
 
 
-def _register(key: object, loop: AbstractEventLoop | None) -> tuple[Home, Callable[[], float]]:
-    """``key``'s home and the clock to read for it (lock held)."""
+def _register(key: object, loop: AbstractEventLoop | None, read: Callable[[], float]) -> Home:
+    """``key``'s home, made the first time from its clock ``read`` (lock held)."""
     global _shift  # the anchor of the timeline, set by the first loop
     home = _homes.get(key)
     if home is not None:
-        return home, _readers[key]
+        return home
     pinned = _pinned.get(id(key))
     if pinned is not None and pinned[0] is key:
-        return pinned[1], pinned[2]
-    read, gap, exact = _gap(loop)
+        return pinned[1]
+    gap, exact = _gap(loop, read)
     if _shift is None:
         _shift = -gap  # the anchor: the timeline is exactly its clock
     home = Home(gap + _shift, loop, None if loop is not None else key, exact=exact)
     try:
         _homes[key] = home
-        _readers[key] = read
     except TypeError:  # pragma: no cover - a loop class without __weakref__
-        _pinned[id(key)] = (key, home, read)
-    return home, read
+        _pinned[id(key)] = (key, home)
+    return home
 
 
-def _gap(loop: AbstractEventLoop | None) -> tuple[Callable[[], float], float, bool]:
-    """The clock to read for ``loop`` (``None``: the running trio run), ``time.monotonic()``
-    minus that loop's clock, and whether that difference is exact.
+def _gap(loop: AbstractEventLoop | None, read: Callable[[], float]) -> tuple[float, bool]:
+    """``time.monotonic()`` minus the clock ``read`` of ``loop`` (``None``: the running
+    trio run), and whether that difference is exact.
 
     Why exact where possible. Loops in several threads share buckets, so their
     readings must agree to well under the governor's margin. A gap measured as
@@ -216,8 +226,8 @@ def _gap(loop: AbstractEventLoop | None) -> tuple[Callable[[], float], float, bo
             kind.__module__.partition(".")[0] == "uvloop"
             and abs(loop.time() - _monotonic()) < 0.01  # the same clock, to the millisecond
         ):
-            return _monotonic, 0.0, True
-        return _measured(loop.time)
+            return 0.0, True
+        return _measured(read)
     import trio
 
     clock = trio.lowlevel.current_clock()
@@ -228,11 +238,11 @@ def _gap(loop: AbstractEventLoop | None) -> tuple[Callable[[], float], float, bo
         and _SAME_COUNTER
         and abs(clock.current_time() - offset - _monotonic()) < 0.01
     ):
-        return trio.current_time, -offset, True
-    return _measured(trio.current_time)
+        return -offset, True
+    return _measured(read)
 
 
-def _measured(read: Callable[[], float]) -> tuple[Callable[[], float], float, bool]:
+def _measured(read: Callable[[], float]) -> tuple[float, bool]:
     best = math.inf
     gap = 0.0
     for _ in range(_TRIES):
@@ -242,15 +252,14 @@ def _measured(read: Callable[[], float]) -> tuple[Callable[[], float], float, bo
         if after - before < best:
             best = after - before
             gap = (before + after) / 2 - now
-    return read, gap, False
+    return gap, False
 
 
-def _same_counter() -> bool:
-    info = time.get_clock_info
-    return bool(info("perf_counter").implementation == info("monotonic").implementation)
-
-
-_SAME_COUNTER = _same_counter()
+#: Whether ``time.perf_counter`` (trio's system clock) is ``time.monotonic`` here.
+_SAME_COUNTER = (
+    time.get_clock_info("perf_counter").implementation
+    == time.get_clock_info("monotonic").implementation
+)
 
 
 def _trio_now() -> tuple[float, Home] | None:
@@ -258,13 +267,12 @@ def _trio_now() -> tuple[float, Home] | None:
         import trio
 
         token = trio.lowlevel.current_trio_token()
-        now = trio.current_time()
     except (ImportError, RuntimeError):
         return None
     seen = _last
     if seen[0] is not token or seen[1] is not _homes:
         seen = _seen(token)
-    return now + seen[2], seen[3]
+    return seen[4]() + seen[2], seen[3]
 
 
 def _idle_time() -> float:
