@@ -73,8 +73,10 @@ class Home:
         self, offset: float, loop: AbstractEventLoop | None, token: Any, *, exact: bool = False
     ) -> None:
         self.offset = offset
-        self._loop = loop
-        self._token = token
+        # Weak: the registry's entry must not keep a finished loop (and all it held) alive,
+        # or a thread pool calling asyncio.run per request would keep every loop for ever.
+        self._loop = None if loop is None else _weak(loop)
+        self._token = None if token is None else _weak(token)
         #: Whether ``offset`` is known by construction rather than measured.
         self.exact = exact
 
@@ -97,19 +99,22 @@ class Home:
 
     def soon(self, callback: Callable[[], object]) -> bool:
         """Run ``callback`` on this loop soon, from any thread; ``False`` if the loop is gone."""
-        loop = self._loop
-        if loop is not None:
-            if loop.is_closed():
+        if self._loop is not None:
+            loop = self._loop()
+            if loop is None or loop.is_closed():
                 return False
             try:
                 loop.call_soon_threadsafe(callback)
             except RuntimeError:  # closed meanwhile
                 return False
             return True
+        token = None if self._token is None else self._token()
+        if token is None:
+            return False
         import trio
 
         try:
-            self._token.run_sync_soon(callback)
+            token.run_sync_soon(callback)
         except trio.RunFinishedError:
             return False
         return True
@@ -120,8 +125,17 @@ class Home:
         A trio run cannot stop while its tasks wait, so a trio home always answers yes;
         a finished run shows up in :meth:`soon`.
         """
-        loop = self._loop
-        return loop is None or loop.is_running()
+        if self._loop is None:
+            return True
+        loop = self._loop()
+        return loop is not None and loop.is_running()
+
+
+def _weak(thing: Any) -> Callable[[], Any]:
+    try:
+        return weakref.ref(thing)
+    except TypeError:  # pragma: no cover - a loop class without __weakref__: kept alive
+        return lambda: thing
 
 
 #: A loop, the registry it was seen in, what to add to the clock read, its home, and

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -22,6 +23,8 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
+import trio
+import trio.lowlevel
 
 from apientreprise_async import _clock
 from apientreprise_async._governor import Governor, Limits, default_governor
@@ -465,3 +468,34 @@ def test_importing_the_package_settles_trio_support_before_any_thread_starts() -
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+def test_loops_that_ended_are_not_kept_alive_by_the_clock() -> None:
+    """A thread pool calling ``asyncio.run`` (or trio) per request leaves no loop behind.
+
+    The clock's registry of loops is weak, but each entry's home used to hold its
+    loop: every loop ever run stayed in memory, with all it referenced.
+    """
+    gov = governor(1000)
+    loops: list[weakref.ref[object]] = []
+
+    async def request() -> None:
+        await one_call(gov, [])
+        try:
+            loops.append(weakref.ref(asyncio.get_running_loop()))
+        except RuntimeError:  # trio: its token stands for the run
+            loops.append(weakref.ref(trio.lowlevel.current_trio_token()))
+
+    def requests(backend: str) -> Callable[[], None]:
+        def serve() -> None:
+            for _ in range(25):
+                anyio.run(request, backend=backend)
+
+        return serve
+
+    run_in_threads([requests(BACKENDS[i % 2]) for i in range(4)])
+    gc.collect()
+    assert 100 == len(loops)
+    # The last loop seen stays cached for the hot path: at most that one is alive.
+    assert sum(ref() is not None for ref in loops) <= 1
+    assert len(_clock._homes) <= 1
