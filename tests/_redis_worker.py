@@ -74,11 +74,10 @@ def share_of_offer(
             for window in range(int(asked // period), int(granted // period)):
                 held[window] += 1
     offered = sum(min(limit, arrived[w] + held[w]) for w in full)
+    taken = sum(min(limit, arrived[w]) for w in full)
     # The governor bound (calls waited for it) in some window, or the share proves nothing.
-    assert offered > sum(min(limit, arrived[w]) for w in full) or any(
-        arrived[w] >= limit for w in full
-    ), (arrived, held)
-    by_arrival = sum(min(limit, arrived[w]) for w in full) / max(1, offered)
+    assert offered > taken or any(arrived[w] >= limit for w in full), (arrived, held)
+    by_arrival = taken / max(1, offered)
     by_grant = sum(min(limit, let_go[w]) for w in full) / max(
         1, sum(min(limit, let_go[w] + held[w]) for w in full)
     )

@@ -48,6 +48,18 @@ def _emulator(share: float, seed: int = 0) -> Emulator:
     return emulator
 
 
+def _client(emulator: Emulator) -> AsyncClient:
+    """A client to ``emulator`` in process whose governor never holds a call back."""
+    governor = Governor(
+        Limits(groups=dict.fromkeys(GROUP_LIMITS, PLENTY), ip=PLENTY),
+        backend=InMemoryBackend(),
+        wall_clock=emulator.epoch,
+    )
+    return AsyncClient(
+        TOKEN, transport=emulator.transport(), governor=governor, check_maintenance=False, **TRACE
+    )
+
+
 async def _get_all(emulator: Emulator, paths: list[str]) -> list[httpx.Response]:
     """Plain GETs (no library client in between), one after the other."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -125,19 +137,8 @@ async def test_drift_is_reproducible_from_the_seed() -> None:
 async def test_every_builtin_operation_drifts_visibly() -> None:
     """Each built-in 200 drifts; the client names the path, and always for an object."""
     emulator = _emulator(1.0, seed=3)
-    governor = Governor(
-        Limits(groups=dict.fromkeys(GROUP_LIMITS, PLENTY), ip=PLENTY),
-        backend=InMemoryBackend(),
-        wall_clock=emulator.epoch,
-    )
     seen: dict[str, tuple[str, str]] = {}
-    async with AsyncClient(
-        TOKEN,
-        transport=emulator.transport(),
-        governor=governor,
-        check_maintenance=False,
-        **TRACE,
-    ) as client:
+    async with _client(emulator) as client:
         for endpoint in all_endpoints():
             if endpoint.operation_id == "api_entreprise_privileges":
                 continue
@@ -170,20 +171,9 @@ async def test_every_staging_answer_drifts_and_an_object_is_always_named() -> No
         ip_limit=PLENTY,
     )
     emulator.add_token(TOKEN, limits=dict.fromkeys(GROUP_LIMITS, PLENTY))
-    governor = Governor(
-        Limits(groups=dict.fromkeys(GROUP_LIMITS, PLENTY), ip=PLENTY),
-        backend=InMemoryBackend(),
-        wall_clock=emulator.epoch,
-    )
     hows: Counter[str] = Counter()
     unnamed = []
-    async with AsyncClient(
-        TOKEN,
-        transport=emulator.transport(),
-        governor=governor,
-        check_maintenance=False,
-        **TRACE,
-    ) as client:
+    async with _client(emulator) as client:
         for op_id, name, params, _ in staging_cases():
             try:
                 response = (await staging_call(client, get_endpoint(op_id), params))[0]

@@ -86,7 +86,9 @@ def run_in_threads(targets: list[Callable[[], None]], timeout: float = 20.0) -> 
 
 
 def on(backend: str, func: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
-    """A thread target running ``func`` in a new event loop of ``backend``."""
+    """A thread target running ``func`` in a new event loop of ``backend`` (or uvloop)."""
+    if backend == "uvloop":
+        return lambda: anyio.run(func, backend="asyncio", backend_options={"use_uvloop": True})
     return lambda: anyio.run(func, backend=backend)
 
 
@@ -380,10 +382,7 @@ def test_uvloop_asyncio_and_trio_threads_share_one_governor() -> None:
             for _ in range(4):
                 tg.start_soon(one_call, gov, sends)
 
-    def uvloop_thread() -> None:
-        anyio.run(calls, backend="asyncio", backend_options={"use_uvloop": True})
-
-    run_in_threads([uvloop_thread, on("asyncio", calls), on("trio", calls)])
+    run_in_threads([on("uvloop", calls), on("asyncio", calls), on("trio", calls)])
     assert 12 == len(sends)
     check_spacing(sends, 3, HOLD)
 
@@ -396,21 +395,15 @@ def _timeline_gap() -> tuple[float, float]:
     return now - after, now - before
 
 
-def _gaps_on(runner: str, reads: int = 5) -> Callable[[list[tuple[float, float]]], None]:
-    """A thread target: on a loop of ``runner``, read the timeline's gap a few times, ms apart."""
+def _gaps_on(runner: str, into: list[tuple[float, float]]) -> Callable[[], None]:
+    """A thread target: on a loop of ``runner``, read the timeline's gap 5 times, ms apart."""
 
-    async def read(into: list[tuple[float, float]]) -> None:
-        for _ in range(reads):
+    async def read() -> None:
+        for _ in range(5):
             into.append(_timeline_gap())
             await anyio.sleep(0.0013)  # lands on varied fractions of uvloop's millisecond
 
-    def target(into: list[tuple[float, float]]) -> None:
-        if runner == "uvloop":
-            anyio.run(read, into, backend="asyncio", backend_options={"use_uvloop": True})
-        else:
-            anyio.run(read, into, backend=runner)
-
-    return target
+    return on(runner, read)
 
 
 @pytest.mark.parametrize("anchor", ["asyncio", "trio", "uvloop"])
@@ -426,11 +419,11 @@ def test_every_loop_reads_one_timeline_even_when_registered_under_contention(anc
     pytest.importorskip("uvloop", reason="uvloop is not installed")
     _clock.reset()
     gaps: list[tuple[float, float]] = []
-    _gaps_on(anchor)(gaps)
+    _gaps_on(anchor, gaps)()
     others = [runner for runner in ("asyncio", "trio", "uvloop") if runner != anchor]
     found: list[list[tuple[float, float]]] = [[] for _ in others]
     threads = [
-        threading.Thread(target=_gaps_on(runner), args=(into,), daemon=True)
+        threading.Thread(target=_gaps_on(runner, into), daemon=True)
         for runner, into in zip(others, found, strict=True)
     ]
     with _clock._lock:  # the others see their loops for the first time meanwhile
