@@ -81,14 +81,12 @@ def test_block_runs_as_written(
 ) -> None:
     """The block, saved as a file, runs with exit code 0 and only the documented settings."""
     url, token = served
-    # A fresh login's runtime directory: the default governor of a block shares the
-    # host's quota (and a scripted 429's pause on "test-token") with no other test run.
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp_path),
-        "XDG_RUNTIME_DIR": str(runtime),
+        # This test's runtime directory (conftest): the default governor of a block shares
+        # the host's quota (a scripted 429's pause on "test-token") with no other test run.
+        "APIENTREPRISE_ASYNC_RUNTIME_DIR": os.environ["APIENTREPRISE_ASYNC_RUNTIME_DIR"],
         "PYTHONPATH": str(ROOT),
         "API_ENTREPRISE_TOKEN": token,
         "API_ENTREPRISE_BASE_URL": url,
